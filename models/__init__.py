@@ -1,0 +1,6 @@
+"""The VAE zoo: architectures by name (see `registry`) and the shared ELBO terms (`losses`)."""
+
+from models.base import VAE, VAEOutput
+from models.registry import architectures, build_model, config_fields
+
+__all__ = ["VAE", "VAEOutput", "architectures", "build_model", "config_fields"]

@@ -1,0 +1,63 @@
+"""Convolutional VAE: stride-2 convolutions down, transposed convolutions back up.
+
+Works at any image size (8x8 digits, 28x28 MNIST): the decoder mirrors the encoder's
+recorded spatial sizes, so the output always matches the input exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.base import VAE, gaussian_heads, split_heads
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    latent_dim: int = 16
+    channels: int = 32
+    depth: int = 2
+
+
+def _down(size: int) -> int:
+    return (size - 1) // 2 + 1  # kernel 3, stride 2, padding 1
+
+
+class ConvVAE(VAE):
+    def __init__(self, config: ConvConfig, image_shape: tuple[int, int]):
+        super().__init__()
+        self.image_shape = image_shape
+        self.latent_dim = config.latent_dim
+        sizes = [image_shape]
+        chans = [1] + [config.channels * 2**i for i in range(config.depth)]
+        enc: list[nn.Module] = []
+        for i in range(config.depth):
+            enc += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1), nn.ReLU()]
+            h, w = sizes[-1]
+            sizes.append((_down(h), _down(w)))
+        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        self.bottom = (chans[-1], *sizes[-1])
+        flat = chans[-1] * sizes[-1][0] * sizes[-1][1]
+        self.heads = gaussian_heads(flat, config.latent_dim)
+        self.project = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.ReLU())
+        dec: list[nn.Module] = []
+        for i in reversed(range(config.depth)):
+            (h_in, w_in), (h_out, w_out) = sizes[i + 1], sizes[i]
+            pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
+            dec.append(
+                nn.ConvTranspose2d(
+                    chans[i + 1], chans[i] if i else chans[1], 3, 2, 1, output_padding=pad
+                )
+            )
+            dec.append(nn.ReLU())
+        dec.append(nn.Conv2d(chans[1], 1, 3, padding=1))  # logits, full resolution
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_heads(self.heads(self.encoder(x.unsqueeze(1))))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).view(-1, *self.bottom)
+        return self.decoder(h).squeeze(1)

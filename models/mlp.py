@@ -1,0 +1,44 @@
+"""Fully connected VAE: the pytorch/examples VAE, with width and depth as knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.base import VAE, gaussian_heads, split_heads
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    latent_dim: int = 20
+    hidden_dim: int = 400
+    depth: int = 1
+
+
+def _stack(in_dim: int, hidden_dim: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class MLPVAE(VAE):
+    def __init__(self, config: MLPConfig, image_shape: tuple[int, int]):
+        super().__init__()
+        self.image_shape = image_shape
+        self.latent_dim = config.latent_dim
+        d = image_shape[0] * image_shape[1]
+        self.encoder = _stack(d, config.hidden_dim, config.depth)
+        self.heads = gaussian_heads(config.hidden_dim, config.latent_dim)
+        self.decoder = nn.Sequential(
+            _stack(config.latent_dim, config.hidden_dim, config.depth),
+            nn.Linear(config.hidden_dim, d),
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_heads(self.heads(self.encoder(x.flatten(1))))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, *self.image_shape)

@@ -1,0 +1,1 @@
+"""Study specs that ship with vae-tune (YAML files beside this module)."""

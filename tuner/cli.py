@@ -1,0 +1,307 @@
+"""The `vae-tune` command line: run studies, inspect them, export and retrain the best config."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import optuna
+import typer
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import UserError
+from tuner.spec import DEFAULT_SPEC, DEFAULT_STORAGE, PRUNERS, SAMPLERS
+
+app = typer.Typer(
+    help="Tune variational autoencoders with Optuna: every trial trains a PyTorch VAE and is "
+    "scored by its validation ELBO (beta = 1, nats per example; higher is better).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar="VAE_TUNE_STORAGE",
+        help="Database URL (any SQLAlchemy URL Optuna takes), e.g. sqlite:///vae-tune.db or "
+        "postgresql+psycopg://user:pass@host/db.",
+    ),
+]
+
+
+def _user_errors(fn: F) -> F:
+    """Bad input -> a one-paragraph message on stderr and exit code 2; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except ConnectionError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _trial_line(study: optuna.Study, trial: FrozenTrial) -> None:
+    if trial.state == TrialState.COMPLETE:
+        value = f"{trial.value:9.3f}"
+    elif trial.intermediate_values:
+        value = f"{trial.intermediate_values[max(trial.intermediate_values)]:9.3f}"
+    else:
+        value = f"{'-':>9}"
+    secs = trial.duration.total_seconds() if trial.duration else 0.0
+    note = trial.user_attrs.get("stop_reason") or trial.system_attrs.get("fail_reason", "")
+    note = f"  [{note.splitlines()[0]}]" if note else ""
+    typer.echo(
+        f"trial {trial.number:>4}  {trial.state.name:<8} {value}  {secs:6.1f}s  "
+        f"{_params(trial.params)}{note}"
+    )
+
+
+def _summary(study: optuna.Study, started: float, ran: int) -> None:
+    from tuner.study import counts
+
+    c = counts(study)
+    typer.echo(
+        f"\n{ran} trial(s) in {time.perf_counter() - started:.1f}s. Study {study.study_name!r}: "
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+        f"{c['RUNNING']} running, {c['WAITING']} waiting."
+    )
+    try:
+        best = study.best_trial
+    except ValueError:
+        typer.echo("No complete trial yet.")
+        return
+    typer.echo(f"Best: trial {best.number}, validation ELBO {best.value:.3f} nats/example")
+    typer.echo(f"  {_params(best.params)}")
+    typer.echo(
+        f"Export it: vae-tune export-best --study-name {study.study_name} --output best.yaml"
+    )
+
+
+@app.command()
+@_user_errors
+def run(
+    spec: Annotated[
+        str,
+        typer.Argument(help="Study spec: a YAML file, or the name of a shipped spec."),
+    ] = DEFAULT_SPEC,
+    storage: Annotated[
+        str | None,
+        typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name; overrides the spec's.")] = None,
+    n_trials: Annotated[
+        int | None, typer.Option(min=1, help="Trials to run now (grid: default the rest).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(SAMPLERS)}.")
+    ] = None,
+    pruner: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRUNERS)}.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Study seed (data split, sampler).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Start a study, or resume it if one of that name exists in the storage.
+
+    With no SPEC, runs the shipped `quickstart` spec on the embedded `digits` data into
+    sqlite:///vae-tune.db. Each trial trains a VAE, reports the validation ELBO every epoch
+    and may be pruned; one line is printed per finished trial, then a summary.
+    """
+    from tuner.spec import load_spec
+    from tuner.storage import mask_url
+    from tuner.study import open_study, optimize, prepare
+
+    _quiet_optuna()
+    overrides = {
+        "storage": storage,
+        "study_name": study_name,
+        "budget.n_trials": n_trials,
+        "budget.timeout": timeout,
+        "sampler": sampler,
+        "pruner": pruner,
+        "training.epochs": epochs,
+        "seed": seed,
+        "training.device": device,
+    }
+    study_spec = load_spec(spec, overrides)
+    prepared = prepare(study_spec)
+    s = prepared.splits
+    typer.echo(
+        f"study {study_spec.study_name!r} in {mask_url(study_spec.storage)}\n"
+        f"  data {study_spec.dataset.name}: {len(s.train)} train / {len(s.val)} validation "
+        f"images of {s.image_shape[0]}x{s.image_shape[1]}; "
+        f"sampler {study_spec.sampler.name}, pruner {study_spec.pruner.name}, "
+        f"{study_spec.training.epochs} epochs max"
+        + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
+    )
+    study = open_study(prepared)
+    before = len(study.trials)
+    started = time.perf_counter()
+    try:
+        optimize(
+            study,
+            prepared,
+            study_spec.budget.n_trials,
+            study_spec.budget.timeout,
+            callbacks=[_trial_line],
+        )
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: the running trial is marked FAIL; run again to continue.")
+        _summary(study, started, len(study.trials) - before)
+        raise typer.Exit(130) from None
+    _summary(study, started, len(study.trials) - before)
+
+
+@app.command()
+@_user_errors
+def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """List the studies in a storage with their trial counts and best value."""
+    from tuner.storage import mask_url, open_storage
+
+    summaries = optuna.get_all_study_summaries(open_storage(storage), include_best_trial=True)
+    if not summaries:
+        typer.echo(f"no studies in {mask_url(storage)}")
+        return
+    typer.echo(f"{'study':<28} {'trials':>6} {'best ELBO':>10}  started")
+    for s in summaries:
+        best = f"{s.best_trial.value:10.3f}" if s.best_trial else f"{'-':>10}"
+        start = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        typer.echo(f"{s.study_name:<28} {s.n_trials:>6} {best}  {start}")
+
+
+@app.command("export-best")
+@_user_errors
+def export_best(
+    study_name: Annotated[str, typer.Option(help="Study to read.")],
+    output: Annotated[Path, typer.Option(help="File to write: .yaml, .yml or .json.")],
+    storage: StorageOpt = DEFAULT_STORAGE,
+) -> None:
+    """Write the best trial's full training config; `vae-tune train FILE` reproduces it."""
+    from tuner.export import best_config, write_config
+    from tuner.storage import open_storage
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+    config = best_config(study)
+    write_config(config, output)
+    src = config["source"]
+    typer.echo(f"wrote {output}: trial {src['trial']}, validation ELBO {src['value']:.3f}")
+
+
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="Run config (.yaml/.json), e.g. from export-best.")],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Save the trained weights here (.pt).")] = None,
+) -> None:
+    """Train one config, printing validation ELBO per epoch and the test ELBO at the end.
+
+    Runs the same code as a tuning trial, so an exported best config reproduces its value.
+    """
+    import torch
+
+    from tuner.datasets import load_splits
+    from tuner.spec import RunConfig, read_yaml, validate
+    from tuner.train import evaluate
+    from tuner.train import train as train_run
+
+    data, path = read_yaml(config)
+    data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
+    run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
+    splits = load_splits(run_config.dataset, run_config.data_seed)
+
+    def show(run: Any) -> None:
+        r = run.final
+        typer.echo(
+            f"epoch {r.epoch:>3}  train loss {r.train_loss:9.3f}  validation ELBO "
+            f"{r.val.elbo:9.3f} (recon {r.val.recon:.3f}, KL {r.val.kl:.3f}, "
+            f"{r.val.active_units} active units)  {r.examples_per_s:,.0f} ex/s"
+        )
+
+    result = train_run(run_config, splits, show)
+    test = evaluate(
+        result.model, splits.test.to(result.device), run_config.eval_batch_size,
+        run_config.data_seed,
+    )
+    typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
+    if save is not None:
+        torch.save({"config": run_config.model_dump(mode="json"),
+                    "state_dict": result.model.state_dict()}, save)
+        typer.echo(f"saved weights to {save}")
+
+
+@app.command()
+@_user_errors
+def dashboard(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Open optuna-dashboard on the same storage (Ctrl-C to stop)."""
+    from optuna_dashboard import run_server
+
+    from tuner.storage import mask_url, open_storage
+
+    opened = open_storage(storage)
+    typer.echo(f"optuna-dashboard for {mask_url(storage)} at http://{host}:{port}/")
+    run_server(opened, host=host, port=port)
+
+
+@app.command()
+@_user_errors
+def report(
+    study_name: Annotated[str, typer.Option(help="Study to draw.")],
+    output: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    storage: StorageOpt = DEFAULT_STORAGE,
+) -> None:
+    """Draw Plotly pictures of a study (history, learning curves, importances) into one HTML."""
+    from tuner.report import write_report
+    from tuner.storage import open_storage
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+    names = write_report(study, output)
+    typer.echo(f"wrote {output}: {', '.join(names)}")
+
+
+def main() -> None:  # pragma: no cover - `python -m tuner.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

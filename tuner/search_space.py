@@ -1,0 +1,103 @@
+"""Where the search space is defined for Optuna: spec parameters -> trial suggestions -> config.
+
+Top-level hyperparameters are named as in the spec (`latent_dim`, `beta`, ...); architecture
+knobs are conditional and named `<architecture>_<knob>` (e.g. `mlp_hidden_dim`), so only the
+sampled architecture's knobs exist in a trial. Fixed values are never suggested.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import optuna
+
+from tuner.errors import SpecError
+from tuner.spec import Param, RunConfig, SearchSpace, StudySpec
+
+TOP_LEVEL = ("architecture", "latent_dim", "beta", "lr", "batch_size", "warmup_epochs")
+
+
+def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
+    kind = p.kind
+    if kind == "fixed":
+        return p.value
+    if kind == "categorical":
+        return trial.suggest_categorical(name, p.choices)
+    if kind == "int":
+        return trial.suggest_int(name, p.low, p.high, step=p.step or 1, log=p.log)
+    return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample one point: `{name: value}` for every hyperparameter, fixed ones included."""
+    values = {name: _suggest(trial, name, getattr(space, name)) for name in TOP_LEVEL}
+    arch = values["architecture"]
+    for knob, p in space.knobs(arch).items():
+        values[f"{arch}_{knob}"] = _suggest(trial, f"{arch}_{knob}", p)
+    return values
+
+
+def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every distinct point of the grid, as Optuna params (searched parameters only).
+
+    Knobs of an architecture are crossed only with that architecture, so inactive
+    conditional parameters never multiply the grid.
+    """
+    searched: list[tuple[str, list[Any]]] = []
+    for name in TOP_LEVEL:
+        if name != "architecture":
+            searched.append((name, _grid(name, getattr(space, name))))
+    points = []
+    for arch in _grid("architecture", space.architecture):
+        knobs = [(f"{arch}_{k}", _grid(f"{arch}.{k}", p)) for k, p in space.knobs(arch).items()]
+        dims = searched + knobs
+        if space.architecture.kind != "fixed":
+            dims = [("architecture", [arch])] + dims
+        for combo in itertools.product(*(vals for _, vals in dims)):
+            point = {}
+            for (name, _), value in zip(dims, combo, strict=True):
+                p = _param_for(space, name)
+                if p.kind != "fixed":
+                    point[name] = value
+            points.append(point)
+    unique = {tuple(sorted(p.items())): p for p in points}
+    return list(unique.values())
+
+
+def _param_for(space: SearchSpace, name: str) -> Param:
+    if name in TOP_LEVEL:
+        return getattr(space, name)
+    arch, knob = name.split("_", 1)
+    return space.knobs(arch)[knob]
+
+
+def _grid(path: str, p: Param) -> list[Any]:
+    values = p.grid_values()
+    if values is None:
+        raise SpecError(
+            "a range needs `grid` values to run with the grid sampler", f"search_space.{path}.grid"
+        )
+    return values
+
+
+def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -> RunConfig:
+    """The full training config of one trial: spec settings plus the sampled values."""
+    arch = values["architecture"]
+    model = {"architecture": arch, "latent_dim": values["latent_dim"]}
+    prefix = f"{arch}_"
+    model.update({k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
+    return RunConfig(
+        dataset=spec.dataset,
+        model=model,
+        beta=values["beta"],
+        lr=values["lr"],
+        batch_size=values["batch_size"],
+        warmup_epochs=values["warmup_epochs"],
+        epochs=spec.training.epochs,
+        seed=spec.seed + trial_number,
+        data_seed=spec.seed,
+        device=spec.training.device,
+        threads=spec.training.threads,
+        eval_batch_size=spec.training.eval_batch_size,
+    )

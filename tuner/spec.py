@@ -1,0 +1,351 @@
+"""Study specs and run configs: YAML data validated into typed objects.
+
+A *study spec* (studies/*.yaml) says what to search and how; a *run config* is one point of
+that space, fully resolved: what a trial trains and what `vae-tune train` reproduces.
+Validation errors name the field path (``search_space.beta.low``) and happen before anything
+touches the database.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from models import architectures, config_fields
+from tuner.errors import SpecError
+
+DEFAULT_STORAGE = "sqlite:///vae-tune.db"
+DEFAULT_SPEC = "quickstart"
+SAMPLERS = ("grid", "random", "tpe", "gp", "cmaes", "qmc")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
+Scalar = bool | int | float | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _fail(field: str, message: str) -> PydanticCustomError:
+    """An error located at `field` below the validator's own location."""
+    return PydanticCustomError("vae_tune", message, {"field": field})
+
+
+class Param(_Strict):
+    """One hyperparameter: a fixed `value`, a `low`..`high` range, or a list of `choices`.
+
+    `grid` lists the values `--sampler grid` enumerates (choices are their own grid).
+    A bare scalar in YAML means a fixed value.
+    """
+
+    value: Scalar | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Scalar] | None = None
+    grid: list[Scalar] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar_is_fixed(cls, data: Any) -> Any:
+        return {"value": data} if isinstance(data, (bool, int, float, str)) else data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        ranged = self.low is not None or self.high is not None
+        forms = (self.value is not None) + ranged + (self.choices is not None)
+        if forms != 1:
+            raise _fail("", "give exactly one of: a fixed value, low/high, or choices")
+        if ranged:
+            if self.low is None or self.high is None:
+                raise _fail("low" if self.low is None else "high", "a range needs both low and high")
+            if self.low > self.high:
+                raise _fail("low", f"low ({self.low}) must be <= high ({self.high})")
+            if self.log and self.low <= 0:
+                raise _fail("low", f"log scale needs low > 0, got {self.low}")
+            if self.log and self.step is not None:
+                raise _fail("step", "step cannot be combined with log scale")
+            for i, v in enumerate(self.grid or []):
+                if isinstance(v, (bool, str)) or not self.low <= v <= self.high:
+                    raise _fail(f"grid.{i}", f"grid value {v!r} is outside [{self.low}, {self.high}]")
+        elif self.choices is not None:
+            if not self.choices:
+                raise _fail("choices", "choices must not be empty")
+            if self.grid is not None and any(v not in self.choices for v in self.grid):
+                raise _fail("grid", "every grid value must be one of the choices")
+        elif self.grid is not None:
+            raise _fail("grid", "a fixed value has no grid")
+        return self
+
+    @property
+    def kind(self) -> Literal["fixed", "int", "float", "categorical"]:
+        if self.value is not None:
+            return "fixed"
+        if self.choices is not None:
+            return "categorical"
+        ints = all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+        return "int" if ints else "float"
+
+    def values(self) -> list[Any]:
+        """Every value this parameter can take: its domain for checks (ranges: the bounds)."""
+        if self.value is not None:
+            return [self.value]
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+    def grid_values(self) -> list[Any] | None:
+        if self.value is not None:
+            return [self.value]
+        if self.grid is not None:
+            return list(self.grid)
+        return list(self.choices) if self.choices is not None else None
+
+
+def _param(default: Any) -> Any:
+    return Field(default_factory=lambda: Param.model_validate(default))
+
+
+# name -> (python type, minimum, minimum is exclusive)
+_TOP_LEVEL_RULES: dict[str, tuple[type, float, bool]] = {
+    "latent_dim": (int, 1, False),
+    "beta": (float, 0, True),
+    "lr": (float, 0, True),
+    "batch_size": (int, 1, False),
+    "warmup_epochs": (int, 0, False),
+}
+
+
+class SearchSpace(_Strict):
+    """What a trial samples. Top-level hyperparameters, then one block of knobs per architecture
+    (only the block of the sampled architecture is active in a trial)."""
+
+    latent_dim: Param = _param({"low": 2, "high": 32, "log": True})
+    beta: Param = _param(1.0)
+    lr: Param = _param(1e-3)
+    batch_size: Param = _param(64)
+    warmup_epochs: Param = _param(0)
+    architecture: Param = _param("mlp")
+    mlp: dict[str, Param] = Field(default_factory=dict)
+    conv: dict[str, Param] = Field(default_factory=dict)
+    rnn: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _domains(self) -> SearchSpace:
+        for name, (typ, minimum, exclusive) in _TOP_LEVEL_RULES.items():
+            param: Param = getattr(self, name)
+            _check_numeric(name, param, typ, minimum, exclusive)
+        for arch in self.architecture.values():
+            if arch not in architectures():
+                raise _fail("architecture", f"unknown architecture {arch!r}; known: {architectures()}")
+        for arch in architectures():
+            known = set(config_fields(arch)) - {"latent_dim"}
+            for knob, param in self.knobs(arch).items():
+                if knob not in known:
+                    raise _fail(f"{arch}.{knob}", f"unknown {arch} knob; known: {sorted(known)}")
+                default = config_fields(arch)[knob]
+                if isinstance(default, str):
+                    if any(not isinstance(v, str) for v in param.values()):
+                        raise _fail(f"{arch}.{knob}", "expected string values")
+                else:
+                    _check_numeric(f"{arch}.{knob}", param, int, 1, False)
+        return self
+
+    def knobs(self, architecture: str) -> dict[str, Param]:
+        return getattr(self, architecture, None) or {}
+
+
+def _check_numeric(path: str, param: Param, typ: type, minimum: float, exclusive: bool) -> None:
+    field = {"fixed": "value", "categorical": "choices"}.get(param.kind, "low")
+    for v in param.values() + list(param.grid or []):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _fail(f"{path}.{field}", f"expected a number, got {v!r}")
+        if typ is int and not float(v).is_integer():
+            raise _fail(f"{path}.{field}", f"expected an integer, got {v!r}")
+        if not math.isfinite(v) or v < minimum or (exclusive and v == minimum):
+            bound = f"> {minimum}" if exclusive else f">= {minimum}"
+            raise _fail(f"{path}.{field}", f"must be {bound}, got {v!r}")
+
+
+class DatasetSpec(_Strict):
+    """Which images to model and how to split them (the split is fixed by the study seed)."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    path: str | None = None
+    key: str | None = None
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    subset: int | None = Field(None, ge=10, description="use at most this many training images")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from tuner.datasets import dataset_names
+
+        if name not in dataset_names():
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        return name
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_device(device: str) -> str:
+    if not _DEVICE.match(device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(10, ge=1)
+    device: str = "auto"
+    threads: int = Field(0, ge=0, description="torch threads; 0 = one per available core")
+    eval_batch_size: int = Field(1024, ge=1)
+
+    _device = field_validator("device")(_check_device)
+
+
+class _Named(_Strict):
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class SamplerSpec(_Named):
+    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+
+
+class PrunerSpec(_Named):
+    name: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
+    wrapped: PrunerSpec | None = None
+
+
+class BudgetSpec(_Strict):
+    n_trials: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds")
+
+
+class StudySpec(_Strict):
+    """A whole study: what to search, on which data, with which sampler, pruner and budget."""
+
+    study_name: str = Field(min_length=1)
+    storage: str = DEFAULT_STORAGE
+    seed: int = 0
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    search_space: SearchSpace = Field(default_factory=SearchSpace)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+
+
+class RunConfig(_Strict):
+    """One fully resolved training run: what a trial trains and what `vae-tune train` reruns."""
+
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    model: dict[str, Any] = Field(default_factory=lambda: {"architecture": "mlp"})
+    beta: float = Field(1.0, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    data_seed: int = 0
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+    eval_batch_size: int = Field(1024, ge=1)
+    source: dict[str, Any] | None = Field(None, description="study, trial and value it came from")
+
+    _device = field_validator("device")(_check_device)
+
+    @field_validator("model")
+    @classmethod
+    def _buildable(cls, model: dict[str, Any]) -> dict[str, Any]:
+        arch = model.get("architecture")
+        if arch not in architectures():
+            raise ValueError(f"model.architecture must be one of {architectures()}, got {arch!r}")
+        unknown = set(model) - {"architecture"} - set(config_fields(arch))
+        if unknown:
+            raise ValueError(f"unknown {arch} options: {', '.join(sorted(unknown))}")
+        return model
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field path."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        extra = (e.get("ctx") or {}).get("field")
+        if extra:
+            loc.append(extra)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{'.'.join(loc) or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], data: Any, source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"invalid {source}:\n{format_errors(err)}") from None
+
+
+def shipped_specs() -> dict[str, Path]:
+    """Specs that ship with the package (the `studies/` folder), by name."""
+    root = resources.files("studies")
+    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], Path]:
+    """Read a spec or config file; a bare name such as `quickstart` finds a shipped spec."""
+    path = Path(path_or_name)
+    if not path.exists():
+        shipped = shipped_specs()
+        if str(path_or_name) in shipped:
+            path = shipped[str(path_or_name)]
+        else:
+            known = ", ".join(sorted(shipped))
+            raise SpecError(f"no such file: {path_or_name} (shipped specs: {known})")
+    try:
+        if path.suffix == ".json":
+            import json
+
+            data = json.loads(path.read_text())
+        else:
+            data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, ValueError) as err:
+        raise SpecError(f"{path}: not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    return data, path
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts, creating levels as needed (for CLI overrides)."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        child = data.get(key)
+        if not isinstance(child, dict):
+            child = data[key] = {}
+        data = child
+    data[last] = value
+
+
+def load_spec(path_or_name: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read, override (dotted keys, None = leave alone) and validate a study spec."""
+    data, path = read_yaml(path_or_name)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_path(data, dotted, value)
+    return validate(StudySpec, data, f"study spec {path}")

@@ -1,0 +1,159 @@
+"""Where a trial is trained: one plain RunConfig in, per-epoch validation ELBO out.
+
+`vae-tune train` and every tuning trial call `train` the same way. The loop is the hot path:
+data sits on the training device as one tensor, batches are slices of a per-epoch shuffled
+copy, and the host reads a value back once per epoch (loss check, validation), never per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from models import VAE, build_model
+from models.losses import bernoulli_log_likelihood, gaussian_kl
+from tuner.datasets import Splits, load_splits
+from tuner.errors import SpecError
+from tuner.spec import RunConfig
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/inf: the run stops at once with this reason."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """ELBO terms at beta = 1, in nats per example, plus posterior diagnostics."""
+
+    elbo: float
+    recon: float
+    kl: float
+    active_units: int
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float  # the beta/warm-up weighted loss the optimizer saw, per example
+    val: Evaluation
+    train_seconds: float  # cumulative, training steps only
+    wall_seconds: float  # cumulative, since the run started (data transfer, validation included)
+    examples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    device: torch.device
+    num_parameters: int
+    history: list[EpochResult] = field(default_factory=list)
+
+    @property
+    def final(self) -> EpochResult:
+        return self.history[-1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit CUDA device that is missing is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError("CUDA was asked for but is not available", "device")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise SpecError(f"no such CUDA device: {name}", "device")
+    return device
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` intra-op threads; 0 means one per core this process may run on."""
+    if not threads:
+        affinity = getattr(os, "sched_getaffinity", None)
+        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, x: torch.Tensor, batch_size: int, seed: int) -> Evaluation:
+    """Single-sample ELBO at beta = 1 with a fixed noise seed, so values compare across trials."""
+    model.eval()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    recon = torch.zeros((), device=x.device, dtype=torch.float64)
+    kl = torch.zeros_like(recon)
+    mus = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        out = model(xb, gen)
+        recon += bernoulli_log_likelihood(out.logits, xb).sum(dtype=torch.float64)
+        kl += gaussian_kl(out.mu, out.logvar).sum(dtype=torch.float64)
+        mus.append(out.mu)
+    mu = torch.cat(mus)
+    active = (mu.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum()
+    r, k, a = torch.stack([recon / len(x), kl / len(x), active.double()]).tolist()
+    model.train()
+    return Evaluation(elbo=r - k, recon=r, kl=k, active_units=int(a))
+
+
+def train(
+    config: RunConfig,
+    splits: Splits | None = None,
+    on_epoch: Callable[[TrainResult], None] | None = None,
+) -> TrainResult:
+    """Train the configured VAE; `on_epoch` sees the run after each epoch and may raise to stop."""
+    run_started = time.perf_counter()
+    device = resolve_device(config.device)
+    set_threads(config.threads)
+    if splits is None:
+        splits = load_splits(config.dataset, config.data_seed)
+    torch.manual_seed(config.seed)
+    try:
+        model = build_model(config.model, splits.image_shape).to(device)
+    except (TypeError, ValueError) as err:
+        raise SpecError(str(err), "model") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    x_train = splits.train.to(device)
+    x_val = splits.val.to(device)
+    result = TrainResult(model, device, model.num_parameters())
+
+    n, bs = len(x_train), config.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    step, train_seconds = 0, 0.0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        shuffled = x_train[torch.randperm(n, device=device, generator=gen)]
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, n, bs):
+            xb = shuffled[start : start + bs]
+            step += 1
+            weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
+            out = model(xb, gen)
+            loss = (weight * gaussian_kl(out.mu, out.logvar)
+                    - bernoulli_log_likelihood(out.logits, xb)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(xb)
+        train_loss = loss_sum.item() / n  # the one sync per epoch
+        train_seconds += time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
+        val = evaluate(model, x_val, config.eval_batch_size, config.data_seed)
+        if not math.isfinite(val.elbo):
+            raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
+        wall = time.perf_counter() - run_started
+        result.history.append(
+            EpochResult(epoch, train_loss, val, train_seconds, wall, n * epoch / train_seconds)
+        )
+        if on_epoch is not None:
+            on_epoch(result)
+    return result
