@@ -115,16 +115,16 @@ def run(
         str | None,
         typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
     ] = None,
-    study_name: Annotated[str | None, typer.Option(help="Study name; overrides the spec's.")] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name; overrides the spec's.")
+    ] = None,
     n_trials: Annotated[
         int | None, typer.Option(min=1, help="Trials to run now (grid: default the rest).")
     ] = None,
     timeout: Annotated[
         float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
     ] = None,
-    sampler: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(SAMPLERS)}.")
-    ] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"One of: {', '.join(SAMPLERS)}.")] = None,
     pruner: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRUNERS)}.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
     seed: Annotated[int | None, typer.Option(help="Study seed (data split, sampler).")] = None,
@@ -164,7 +164,12 @@ def run(
         + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
     )
     study = open_study(prepared)
-    before = len(study.trials)
+    finished: list[int] = []
+
+    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        finished.append(trial.number)
+        _trial_line(study, trial)
+
     started = time.perf_counter()
     try:
         optimize(
@@ -172,13 +177,13 @@ def run(
             prepared,
             study_spec.budget.n_trials,
             study_spec.budget.timeout,
-            callbacks=[_trial_line],
+            callbacks=[progress],
         )
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: the running trial is marked FAIL; run again to continue.")
-        _summary(study, started, len(study.trials) - before)
+        _summary(study, started, len(finished))
         raise typer.Exit(130) from None
-    _summary(study, started, len(study.trials) - before)
+    _summary(study, started, len(finished))
 
 
 @app.command()
@@ -222,7 +227,9 @@ def export_best(
 @app.command()
 @_user_errors
 def train(
-    config: Annotated[Path, typer.Argument(help="Run config (.yaml/.json), e.g. from export-best.")],
+    config: Annotated[
+        Path, typer.Argument(help="Run config (.yaml/.json), e.g. from export-best.")
+    ],
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     save: Annotated[Path | None, typer.Option(help="Save the trained weights here (.pt).")] = None,
@@ -253,13 +260,17 @@ def train(
 
     result = train_run(run_config, splits, show)
     test = evaluate(
-        result.model, splits.test.to(result.device), run_config.eval_batch_size,
+        result.model,
+        splits.test.to(result.device),
+        run_config.eval_batch_size,
         run_config.data_seed,
     )
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:
-        torch.save({"config": run_config.model_dump(mode="json"),
-                    "state_dict": result.model.state_dict()}, save)
+        torch.save(
+            {"config": run_config.model_dump(mode="json"), "state_dict": result.model.state_dict()},
+            save,
+        )
         typer.echo(f"saved weights to {save}")
 
 

@@ -30,5 +30,7 @@ def write_report(study: optuna.Study, path: Path) -> list[str]:
     for i, (title, fig) in enumerate(figures.items()):
         fig.update_layout(title=title)
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    path.write_text("<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>")
+    path.write_text(
+        "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
+    )
     return list(figures)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
@@ -31,9 +33,13 @@ def build_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
         # conditional knobs and categoricals fall back to independent sampling by design
         options.setdefault("warn_independent_sampling", False)
     try:
-        return _sampler_class(spec.name)(seed=seed, **options)
+        with warnings.catch_warnings():  # QMC is marked experimental; we choose it knowingly
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return _sampler_class(spec.name)(seed=seed, **options)
     except (TypeError, ValueError) as err:
-        raise SpecError(f"bad options for sampler {spec.name!r}: {err}", "sampler.options") from None
+        raise SpecError(
+            f"bad options for sampler {spec.name!r}: {err}", "sampler.options"
+        ) from None
 
 
 _PRUNERS = {
@@ -57,6 +63,10 @@ def build_pruner(spec: PrunerSpec, field: str = "pruner") -> BasePruner:
     if spec.name == "percentile":
         options.setdefault("percentile", 25.0)
     try:
-        return _PRUNERS[spec.name](**options)
+        with warnings.catch_warnings():  # PatientPruner is marked experimental
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return _PRUNERS[spec.name](**options)
     except (TypeError, ValueError) as err:
-        raise SpecError(f"bad options for pruner {spec.name!r}: {err}", f"{field}.options") from None
+        raise SpecError(
+            f"bad options for pruner {spec.name!r}: {err}", f"{field}.options"
+        ) from None

@@ -65,7 +65,9 @@ class Param(_Strict):
             raise _fail("", "give exactly one of: a fixed value, low/high, or choices")
         if ranged:
             if self.low is None or self.high is None:
-                raise _fail("low" if self.low is None else "high", "a range needs both low and high")
+                raise _fail(
+                    "low" if self.low is None else "high", "a range needs both low and high"
+                )
             if self.low > self.high:
                 raise _fail("low", f"low ({self.low}) must be <= high ({self.high})")
             if self.log and self.low <= 0:
@@ -74,7 +76,9 @@ class Param(_Strict):
                 raise _fail("step", "step cannot be combined with log scale")
             for i, v in enumerate(self.grid or []):
                 if isinstance(v, (bool, str)) or not self.low <= v <= self.high:
-                    raise _fail(f"grid.{i}", f"grid value {v!r} is outside [{self.low}, {self.high}]")
+                    raise _fail(
+                        f"grid.{i}", f"grid value {v!r} is outside [{self.low}, {self.high}]"
+                    )
         elif self.choices is not None:
             if not self.choices:
                 raise _fail("choices", "choices must not be empty")
@@ -142,7 +146,9 @@ class SearchSpace(_Strict):
             _check_numeric(name, param, typ, minimum, exclusive)
         for arch in self.architecture.values():
             if arch not in architectures():
-                raise _fail("architecture", f"unknown architecture {arch!r}; known: {architectures()}")
+                raise _fail(
+                    "architecture", f"unknown architecture {arch!r}; known: {architectures()}"
+                )
         for arch in architectures():
             known = set(config_fields(arch)) - {"latent_dim"}
             for knob, param in self.knobs(arch).items():
@@ -304,7 +310,11 @@ def validate(model: type[BaseModel], data: Any, source: str) -> Any:
 def shipped_specs() -> dict[str, Path]:
     """Specs that ship with the package (the `studies/` folder), by name."""
     root = resources.files("studies")
-    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return {
+        p.name.removesuffix(".yaml"): Path(str(p))
+        for p in root.iterdir()
+        if p.name.endswith(".yaml")
+    }
 
 
 def read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], Path]:

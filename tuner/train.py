@@ -137,8 +137,9 @@ def train(
             step += 1
             weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
             out = model(xb, gen)
-            loss = (weight * gaussian_kl(out.mu, out.logvar)
-                    - bernoulli_log_likelihood(out.logits, xb)).mean()
+            loss = (
+                weight * gaussian_kl(out.mu, out.logvar) - bernoulli_log_likelihood(out.logits, xb)
+            ).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -56,7 +56,9 @@ def load_splits(spec: DatasetSpec, seed: int) -> Splits:
     val, train = pool[order[:n_val]], pool[order[n_val:]]
     if spec.subset is not None:
         train = train[: spec.subset]
-    return Splits(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (train, val, test)))
+    return Splits(
+        *(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (train, val, test))
+    )
 
 
 @register("digits")
