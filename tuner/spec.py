@@ -245,6 +245,7 @@ class StudySpec(_Strict):
 
     study_name: str = Field(min_length=1)
     storage: str = DEFAULT_STORAGE
+    artifact_dir: str | None = Field(None, description="default: beside the SQLite file")
     seed: int = 0
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     search_space: SearchSpace = Field(default_factory=SearchSpace)

@@ -11,7 +11,8 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -48,12 +49,21 @@ class EpochResult:
     examples_per_s: float
 
 
+class Checkpoints(Protocol):
+    """Somewhere to keep the latest epoch's training state, so a retried run resumes."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class TrainResult:
     model: VAE
     device: torch.device
     num_parameters: int
     history: list[EpochResult] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # last epoch restored from a checkpoint (0: fresh start)
 
     @property
     def final(self) -> EpochResult:
@@ -106,6 +116,7 @@ def train(
     config: RunConfig,
     splits: Splits | None = None,
     on_epoch: Callable[[TrainResult], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     """Train the configured VAE; `on_epoch` sees the run after each epoch and may raise to stop."""
     run_started = time.perf_counter()
@@ -127,8 +138,17 @@ def train(
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
     warmup_steps = config.warmup_epochs * steps_per_epoch
-    step, train_seconds = 0, 0.0
-    for epoch in range(1, config.epochs + 1):
+    step, train_seconds, first_epoch = 0, 0.0, 1
+    state = checkpoints.load() if checkpoints is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"].to(gen.get_state().device))
+        step, train_seconds = state["step"], state["train_seconds"]
+        result.history = [_epoch_from_dict(h) for h in state["history"]]
+        first_epoch = state["epoch"] + 1
+        result.resumed_from_epoch = state["epoch"]
+    for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         shuffled = x_train[torch.randperm(n, device=device, generator=gen)]
         loss_sum = torch.zeros((), device=device)
@@ -155,6 +175,22 @@ def train(
         result.history.append(
             EpochResult(epoch, train_loss, val, train_seconds, wall, n * epoch / train_seconds)
         )
+        if checkpoints is not None:
+            checkpoints.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": gen.get_state(),
+                    "step": step,
+                    "train_seconds": train_seconds,
+                    "history": [asdict(h) for h in result.history],
+                }
+            )
         if on_epoch is not None:
             on_epoch(result)
     return result
+
+
+def _epoch_from_dict(d: dict[str, Any]) -> EpochResult:
+    return EpochResult(**{**d, "val": Evaluation(**d["val"])})
