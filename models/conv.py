@@ -19,10 +19,33 @@ class ConvConfig:
     latent_dim: int = 16
     channels: int = 32
     depth: int = 2
+    dropout: float = 0.0
 
 
 def _down(size: int) -> int:
     return (size - 1) // 2 + 1  # kernel 3, stride 2, padding 1
+
+
+class ConvEncoder(nn.Module):
+    """Images -> (mu, logvar); remembers the spatial size after every layer for a decoder."""
+
+    def __init__(self, image_shape, channels: int, depth: int, latent_dim: int, dropout: float):
+        super().__init__()
+        self.sizes = [tuple(image_shape)]
+        self.chans = [1] + [channels * 2**i for i in range(depth)]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Conv2d(self.chans[i], self.chans[i + 1], 3, 2, 1), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            h, w = self.sizes[-1]
+            self.sizes.append((_down(h), _down(w)))
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.flat = self.chans[-1] * self.sizes[-1][0] * self.sizes[-1][1]
+        self.heads = gaussian_heads(self.flat, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_heads(self.heads(self.body(x.unsqueeze(1))))
 
 
 class ConvVAE(VAE):
@@ -30,33 +53,27 @@ class ConvVAE(VAE):
         super().__init__()
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
-        sizes = [image_shape]
-        chans = [1] + [config.channels * 2**i for i in range(config.depth)]
-        enc: list[nn.Module] = []
-        for i in range(config.depth):
-            enc += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1), nn.ReLU()]
-            h, w = sizes[-1]
-            sizes.append((_down(h), _down(w)))
-        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        enc = ConvEncoder(
+            image_shape, config.channels, config.depth, config.latent_dim, config.dropout
+        )
+        self.encoder = enc
+        sizes, chans = enc.sizes, enc.chans
         self.bottom = (chans[-1], *sizes[-1])
-        flat = chans[-1] * sizes[-1][0] * sizes[-1][1]
-        self.heads = gaussian_heads(flat, config.latent_dim)
-        self.project = nn.Sequential(nn.Linear(config.latent_dim, flat), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(config.latent_dim, enc.flat), nn.ReLU())
         dec: list[nn.Module] = []
         for i in reversed(range(config.depth)):
             (h_in, w_in), (h_out, w_out) = sizes[i + 1], sizes[i]
             pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
-            dec.append(
-                nn.ConvTranspose2d(
-                    chans[i + 1], chans[i] if i else chans[1], 3, 2, 1, output_padding=pad
-                )
-            )
-            dec.append(nn.ReLU())
+            out_ch = chans[i] if i else chans[1]
+            dec += [
+                nn.ConvTranspose2d(chans[i + 1], out_ch, 3, 2, 1, output_padding=pad),
+                nn.ReLU(),
+            ]
         dec.append(nn.Conv2d(chans[1], 1, 3, padding=1))  # logits, full resolution
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return split_heads(self.heads(self.encoder(x.unsqueeze(1))))
+        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(-1, *self.bottom)

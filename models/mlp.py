@@ -15,12 +15,15 @@ class MLPConfig:
     latent_dim: int = 20
     hidden_dim: int = 400
     depth: int = 1
+    dropout: float = 0.0
 
 
-def _stack(in_dim: int, hidden_dim: int, depth: int) -> nn.Sequential:
+def _stack(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(depth):
         layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -30,10 +33,10 @@ class MLPVAE(VAE):
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         d = image_shape[0] * image_shape[1]
-        self.encoder = _stack(d, config.hidden_dim, config.depth)
+        self.encoder = _stack(d, config.hidden_dim, config.depth, config.dropout)
         self.heads = gaussian_heads(config.hidden_dim, config.latent_dim)
         self.decoder = nn.Sequential(
-            _stack(config.latent_dim, config.hidden_dim, config.depth),
+            _stack(config.latent_dim, config.hidden_dim, config.depth, config.dropout),
             nn.Linear(config.hidden_dim, d),
         )
 

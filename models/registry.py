@@ -8,6 +8,7 @@ from typing import Any
 
 from models.base import VAE
 from models.conv import ConvConfig, ConvVAE
+from models.hybrid import HybridConfig, HybridVAE
 from models.mlp import MLPVAE, MLPConfig
 from models.rnn import RNNVAE, RNNConfig
 
@@ -15,6 +16,7 @@ REGISTRY: dict[str, tuple[type[VAE], type]] = {
     "mlp": (MLPVAE, MLPConfig),
     "conv": (ConvVAE, ConvConfig),
     "rnn": (RNNVAE, RNNConfig),
+    "hybrid": (HybridVAE, HybridConfig),
 }
 
 

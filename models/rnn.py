@@ -7,25 +7,39 @@ pixel and the ELBO is exact in the same sense as for the other models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from models.base import VAE, gaussian_heads, split_heads
 
-_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
 @dataclass(frozen=True)
 class RNNConfig:
     latent_dim: int = 16
     hidden_size: int = 128
-    cell: Literal["gru", "lstm"] = "gru"
+    cell: str = "gru"
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cell not in _CELLS:
-            raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {self.cell!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+
+
+class RowDecoder(nn.Module):
+    """z -> logits, one image row per recurrent step (z fed at every step)."""
+
+    def __init__(self, latent_dim: int, hidden_size: int, cell: str, image_shape):
+        super().__init__()
+        self.rows = image_shape[0]
+        self.rnn = CELLS[cell](latent_dim, hidden_size, batch_first=True)
+        self.out = nn.Linear(hidden_size, image_shape[1])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.rnn(z.unsqueeze(1).expand(-1, self.rows, -1))
+        return self.out(seq)
 
 
 class RNNVAE(VAE):
@@ -33,18 +47,14 @@ class RNNVAE(VAE):
         super().__init__()
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
-        rows, cols = image_shape
-        cell = _CELLS[config.cell]
-        self.encoder = cell(cols, config.hidden_size, batch_first=True)
+        self.encoder = CELLS[config.cell](image_shape[1], config.hidden_size, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
         self.heads = gaussian_heads(config.hidden_size, config.latent_dim)
-        self.decoder = cell(config.latent_dim, config.hidden_size, batch_first=True)
-        self.out = nn.Linear(config.hidden_size, cols)
+        self.decoder = RowDecoder(config.latent_dim, config.hidden_size, config.cell, image_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq, _ = self.encoder(x)
-        return split_heads(self.heads(seq[:, -1]))
+        return split_heads(self.heads(self.dropout(seq[:, -1])))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        steps = z.unsqueeze(1).expand(-1, self.image_shape[0], -1)
-        seq, _ = self.decoder(steps)
-        return self.out(seq)
+        return self.decoder(z)

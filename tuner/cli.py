@@ -242,7 +242,7 @@ def train(
 
     from tuner.datasets import load_splits
     from tuner.spec import RunConfig, read_yaml, validate
-    from tuner.train import evaluate
+    from tuner.train import eval_targets, evaluate
     from tuner.train import train as train_run
 
     data, path = read_yaml(config)
@@ -259,11 +259,9 @@ def train(
         )
 
     result = train_run(run_config, splits, show)
+    x_test = eval_targets(run_config, splits.test.to(result.device), 2)
     test = evaluate(
-        result.model,
-        splits.test.to(result.device),
-        run_config.eval_batch_size,
-        run_config.data_seed,
+        result.model, result.likelihood, x_test, run_config.eval_batch_size, run_config.data_seed
     )
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:

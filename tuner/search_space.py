@@ -15,7 +15,20 @@ import optuna
 from tuner.errors import SpecError
 from tuner.spec import Param, RunConfig, SearchSpace, StudySpec
 
-TOP_LEVEL = ("architecture", "latent_dim", "beta", "lr", "batch_size", "warmup_epochs")
+TOP_LEVEL = (
+    "architecture",
+    "latent_dim",
+    "beta",
+    "lr",
+    "batch_size",
+    "warmup_epochs",
+    "free_bits",
+    "dropout",
+    "weight_decay",
+    "optimizer",
+    "lr_schedule",
+    "grad_clip",
+)
 
 
 def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
@@ -84,7 +97,7 @@ def _grid(path: str, p: Param) -> list[Any]:
 def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -> RunConfig:
     """The full training config of one trial: spec settings plus the sampled values."""
     arch = values["architecture"]
-    model = {"architecture": arch, "latent_dim": values["latent_dim"]}
+    model = {"architecture": arch, "latent_dim": values["latent_dim"], "dropout": values["dropout"]}
     prefix = f"{arch}_"
     model.update({k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
     return RunConfig(
@@ -94,6 +107,13 @@ def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -
         lr=values["lr"],
         batch_size=values["batch_size"],
         warmup_epochs=values["warmup_epochs"],
+        free_bits=values["free_bits"],
+        weight_decay=values["weight_decay"],
+        optimizer=values["optimizer"],
+        lr_schedule=values["lr_schedule"],
+        grad_clip=values["grad_clip"],
+        likelihood=spec.likelihood,
+        iw_samples=spec.training.iw_samples,
         epochs=spec.training.epochs,
         seed=spec.seed + trial_number,
         data_seed=spec.seed,

@@ -115,14 +115,21 @@ def _param(default: Any) -> Any:
     return Field(default_factory=lambda: Param.model_validate(default))
 
 
-# name -> (python type, minimum, minimum is exclusive)
-_TOP_LEVEL_RULES: dict[str, tuple[type, float, bool]] = {
-    "latent_dim": (int, 1, False),
-    "beta": (float, 0, True),
-    "lr": (float, 0, True),
-    "batch_size": (int, 1, False),
-    "warmup_epochs": (int, 0, False),
+# name -> (python type, minimum, minimum is exclusive, maximum exclusive or None)
+_NUMERIC_RULES: dict[str, tuple[type, float, bool, float | None]] = {
+    "latent_dim": (int, 1, False, None),
+    "beta": (float, 0, True, None),
+    "lr": (float, 0, True, None),
+    "batch_size": (int, 1, False, None),
+    "warmup_epochs": (int, 0, False, None),
+    "free_bits": (float, 0, False, None),
+    "dropout": (float, 0, False, 1.0),
+    "weight_decay": (float, 0, False, None),
+    "grad_clip": (float, 0, False, None),
 }
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("none", "cosine", "step")
+_CHOICE_RULES = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
 
 
 class SearchSpace(_Strict):
@@ -134,23 +141,46 @@ class SearchSpace(_Strict):
     lr: Param = _param(1e-3)
     batch_size: Param = _param(64)
     warmup_epochs: Param = _param(0)
+    free_bits: Param = _param(0.0)  # per-dimension KL floor in the training loss, nats
+    dropout: Param = _param(0.0)
+    weight_decay: Param = _param(0.0)
+    optimizer: Param = _param("adam")
+    lr_schedule: Param = _param("none")
+    grad_clip: Param = _param(0.0)  # max gradient norm; 0 = no clipping
     architecture: Param = _param("mlp")
     mlp: dict[str, Param] = Field(default_factory=dict)
     conv: dict[str, Param] = Field(default_factory=dict)
     rnn: dict[str, Param] = Field(default_factory=dict)
+    hybrid: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _likelihood_is_not_searched(cls, data: Any) -> Any:
+        for key in ("likelihood", "binarize"):
+            if isinstance(data, dict) and key in data:
+                raise _fail(
+                    key,
+                    "the likelihood is fixed per study (ELBOs under different likelihoods do "
+                    "not compare): set it in the top-level `likelihood` block",
+                )
+        return data
 
     @model_validator(mode="after")
     def _domains(self) -> SearchSpace:
-        for name, (typ, minimum, exclusive) in _TOP_LEVEL_RULES.items():
+        for name, (typ, minimum, exclusive, maximum) in _NUMERIC_RULES.items():
             param: Param = getattr(self, name)
-            _check_numeric(name, param, typ, minimum, exclusive)
+            _check_numeric(name, param, typ, minimum, exclusive, maximum)
+        for name, allowed in _CHOICE_RULES.items():
+            for v in getattr(self, name).values():
+                if v not in allowed:
+                    raise _fail(name, f"unknown {name} {v!r}; known: {', '.join(allowed)}")
         for arch in self.architecture.values():
             if arch not in architectures():
                 raise _fail(
                     "architecture", f"unknown architecture {arch!r}; known: {architectures()}"
                 )
         for arch in architectures():
-            known = set(config_fields(arch)) - {"latent_dim"}
+            known = set(config_fields(arch)) - {"latent_dim", "dropout"}
             for knob, param in self.knobs(arch).items():
                 if knob not in known:
                     raise _fail(f"{arch}.{knob}", f"unknown {arch} knob; known: {sorted(known)}")
@@ -166,7 +196,14 @@ class SearchSpace(_Strict):
         return getattr(self, architecture, None) or {}
 
 
-def _check_numeric(path: str, param: Param, typ: type, minimum: float, exclusive: bool) -> None:
+def _check_numeric(
+    path: str,
+    param: Param,
+    typ: type,
+    minimum: float,
+    exclusive: bool,
+    maximum: float | None = None,
+) -> None:
     field = {"fixed": "value", "categorical": "choices"}.get(param.kind, "low")
     for v in param.values() + list(param.grid or []):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -176,6 +213,8 @@ def _check_numeric(path: str, param: Param, typ: type, minimum: float, exclusive
         if not math.isfinite(v) or v < minimum or (exclusive and v == minimum):
             bound = f"> {minimum}" if exclusive else f">= {minimum}"
             raise _fail(f"{path}.{field}", f"must be {bound}, got {v!r}")
+        if maximum is not None and v >= maximum:
+            raise _fail(f"{path}.{field}", f"must be < {maximum}, got {v!r}")
 
 
 class DatasetSpec(_Strict):
@@ -199,6 +238,23 @@ class DatasetSpec(_Strict):
         return name
 
 
+class LikelihoodSpec(_Strict):
+    """p(x|z), fixed per study. `binarize` applies to `bernoulli` only: `dynamic` resamples
+    binary training images every epoch; validation/test use one fixed binarization per seed."""
+
+    name: Literal["bernoulli", "continuous_bernoulli", "gaussian"] = "bernoulli"
+    binarize: Literal["none", "static", "dynamic"] = "none"
+    scale: float | Literal["learned"] = Field("learned", description="gaussian only")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LikelihoodSpec:
+        if self.binarize != "none" and self.name != "bernoulli":
+            raise _fail("binarize", f"binarization applies to bernoulli only, not {self.name}")
+        if isinstance(self.scale, float) and self.scale <= 0:
+            raise _fail("scale", "must be > 0 or 'learned'")
+        return self
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -213,6 +269,9 @@ class TrainingSpec(_Strict):
     device: str = "auto"
     threads: int = Field(0, ge=0, description="torch threads; 0 = one per available core")
     eval_batch_size: int = Field(1024, ge=1)
+    iw_samples: int = Field(100, ge=0, description="k of the validation IW-NLL; 0 = skip")
+    collapse: Literal["ignore", "prune"] = "ignore"
+    pictures: bool = True
 
     _device = field_validator("device")(_check_device)
 
@@ -248,6 +307,7 @@ class StudySpec(_Strict):
     artifact_dir: str | None = Field(None, description="default: beside the SQLite file")
     seed: int = 0
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
     search_space: SearchSpace = Field(default_factory=SearchSpace)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
@@ -259,11 +319,18 @@ class RunConfig(_Strict):
     """One fully resolved training run: what a trial trains and what `vae-tune train` reruns."""
 
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
     model: dict[str, Any] = Field(default_factory=lambda: {"architecture": "mlp"})
     beta: float = Field(1.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     warmup_epochs: int = Field(0, ge=0)
+    free_bits: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    lr_schedule: Literal[LR_SCHEDULES] = "none"  # type: ignore[valid-type]
+    grad_clip: float = Field(0.0, ge=0)
+    iw_samples: int = Field(100, ge=0)
     epochs: int = Field(10, ge=1)
     seed: int = 0
     data_seed: int = 0

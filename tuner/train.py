@@ -17,12 +17,14 @@ from typing import Any, Protocol
 import torch
 
 from models import VAE, build_model
-from models.losses import bernoulli_log_likelihood, gaussian_kl
+from models.likelihoods import Likelihood, build_likelihood
+from models.losses import gaussian_kl, gaussian_kl_per_dim
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
 from tuner.spec import RunConfig
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -37,12 +39,13 @@ class Evaluation:
     recon: float
     kl: float
     active_units: int
+    kl_per_dim: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class EpochResult:
     epoch: int  # 1-based
-    train_loss: float  # the beta/warm-up weighted loss the optimizer saw, per example
+    train_loss: float  # the beta/warm-up/free-bits weighted loss the optimizer saw, per example
     val: Evaluation
     train_seconds: float  # cumulative, training steps only
     wall_seconds: float  # cumulative, since the run started (data transfer, validation included)
@@ -60,6 +63,7 @@ class Checkpoints(Protocol):
 @dataclass
 class TrainResult:
     model: VAE
+    likelihood: Likelihood
     device: torch.device
     num_parameters: int
     history: list[EpochResult] = field(default_factory=list)
@@ -91,25 +95,53 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def binarized(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """One fixed binarization of grey levels (pixel ~ Bernoulli(grey level)) per seed."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=gen)
+
+
+def eval_targets(config: RunConfig, x: torch.Tensor, offset: int) -> torch.Tensor:
+    """Validation (offset 1) and test (offset 2) images as the likelihood scores them."""
+    if config.likelihood.binarize == "none":
+        return x
+    return binarized(x, config.data_seed + offset)
+
+
 @torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor, batch_size: int, seed: int) -> Evaluation:
+def evaluate(
+    model: VAE, likelihood: Likelihood, x: torch.Tensor, batch_size: int, seed: int
+) -> Evaluation:
     """Single-sample ELBO at beta = 1 with a fixed noise seed, so values compare across trials."""
+    was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     recon = torch.zeros((), device=x.device, dtype=torch.float64)
-    kl = torch.zeros_like(recon)
+    kl_dims = torch.zeros(model.latent_dim, device=x.device, dtype=torch.float64)
     mus = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         out = model(xb, gen)
-        recon += bernoulli_log_likelihood(out.logits, xb).sum(dtype=torch.float64)
-        kl += gaussian_kl(out.mu, out.logvar).sum(dtype=torch.float64)
+        recon += likelihood.log_prob(out.logits, xb).sum(dtype=torch.float64)
+        kl_dims += gaussian_kl_per_dim(out.mu, out.logvar).sum(0, dtype=torch.float64)
         mus.append(out.mu)
     mu = torch.cat(mus)
     active = (mu.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum()
-    r, k, a = torch.stack([recon / len(x), kl / len(x), active.double()]).tolist()
-    model.train()
-    return Evaluation(elbo=r - k, recon=r, kl=k, active_units=int(a))
+    kl_dims /= len(x)
+    r, k, a, *per_dim = torch.cat(
+        [torch.stack([recon / len(x), kl_dims.sum(), active.double()]), kl_dims]
+    ).tolist()
+    model.train(was_training)
+    return Evaluation(r - k, r, k, int(a), tuple(per_dim))
+
+
+def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule == "step":
+        step = max(1, config.epochs // 3)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
+    return None
 
 
 def train(
@@ -129,21 +161,33 @@ def train(
         model = build_model(config.model, splits.image_shape).to(device)
     except (TypeError, ValueError) as err:
         raise SpecError(str(err), "model") from None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    lik = config.likelihood
+    likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
+    likelihood = likelihood.to(device)
+    params = [*model.parameters(), *likelihood.parameters()]
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _scheduler(config, optimizer)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     x_train = splits.train.to(device)
-    x_val = splits.val.to(device)
-    result = TrainResult(model, device, model.num_parameters())
+    if lik.binarize == "static":
+        x_train = binarized(x_train, config.data_seed)
+    dynamic = lik.binarize == "dynamic"
+    x_val = eval_targets(config, splits.val.to(device), 1)
+    result = TrainResult(model, likelihood, device, sum(p.numel() for p in params))
 
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
     warmup_steps = config.warmup_epochs * steps_per_epoch
+    free_bits, clip = config.free_bits, config.grad_clip
     step, train_seconds, first_epoch = 0, 0.0, 1
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
+        likelihood.load_state_dict(state["likelihood"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"].to(gen.get_state().device))
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
         step, train_seconds = state["step"], state["train_seconds"]
         result.history = [_epoch_from_dict(h) for h in state["history"]]
         first_epoch = state["epoch"] + 1
@@ -151,24 +195,32 @@ def train(
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         shuffled = x_train[torch.randperm(n, device=device, generator=gen)]
+        if dynamic:  # fresh binary images every epoch
+            shuffled = torch.bernoulli(shuffled, generator=gen)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, n, bs):
             xb = shuffled[start : start + bs]
             step += 1
             weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
             out = model(xb, gen)
-            loss = (
-                weight * gaussian_kl(out.mu, out.logvar) - bernoulli_log_likelihood(out.logits, xb)
-            ).mean()
+            if free_bits:  # KL floor per latent dimension (batch average), training only
+                kl = gaussian_kl_per_dim(out.mu, out.logvar).mean(0).clamp(min=free_bits).sum()
+            else:
+                kl = gaussian_kl(out.mu, out.logvar).mean()
+            loss = weight * kl - likelihood.log_prob(out.logits, xb).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             loss_sum += loss.detach() * len(xb)
+        if scheduler is not None:
+            scheduler.step()
         train_loss = loss_sum.item() / n  # the one sync per epoch
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(model, x_val, config.eval_batch_size, config.data_seed)
+        val = evaluate(model, likelihood, x_val, config.eval_batch_size, config.data_seed)
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started
@@ -180,7 +232,9 @@ def train(
                 {
                     "epoch": epoch,
                     "model": model.state_dict(),
+                    "likelihood": likelihood.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "generator": gen.get_state(),
                     "step": step,
                     "train_seconds": train_seconds,
@@ -193,4 +247,7 @@ def train(
 
 
 def _epoch_from_dict(d: dict[str, Any]) -> EpochResult:
-    return EpochResult(**{**d, "val": Evaluation(**d["val"])})
+    val = d["val"]
+    return EpochResult(
+        **{**d, "val": Evaluation(**{**val, "kl_per_dim": tuple(val["kl_per_dim"])})}
+    )
