@@ -129,6 +129,14 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
     seed: Annotated[int | None, typer.Option(help="Study seed (data split, sampler).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset name (digits, mnist, fashion-mnist, kmnist, array)."),
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="Folder holding the dataset's IDX files (no download)."),
+    ] = None,
 ) -> None:
     """Start a study, or resume it if one of that name exists in the storage.
 
@@ -151,6 +159,8 @@ def run(
         "training.epochs": epochs,
         "seed": seed,
         "training.device": device,
+        "dataset.name": dataset,
+        "dataset.data_dir": data_dir,
     }
     study_spec = load_spec(spec, overrides)
     prepared = prepare(study_spec)
@@ -278,15 +288,27 @@ def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    artifact_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAE_TUNE_ARTIFACTS",
+            help="Artifact folder (trial pictures); default: beside the SQLite file.",
+        ),
+    ] = None,
 ) -> None:
-    """Open optuna-dashboard on the same storage (Ctrl-C to stop)."""
+    """Open optuna-dashboard on the same storage and artifact store (Ctrl-C to stop).
+
+    Each trial's page shows its reconstruction and prior-sample pictures.
+    """
     from optuna_dashboard import run_server
 
+    from tuner.artifacts import open_artifact_store
     from tuner.storage import mask_url, open_storage
 
     opened = open_storage(storage)
+    store = open_artifact_store(storage, artifact_dir)
     typer.echo(f"optuna-dashboard for {mask_url(storage)} at http://{host}:{port}/")
-    run_server(opened, host=host, port=port)
+    run_server(opened, host=host, port=port, artifact_store=store)
 
 
 @app.command()

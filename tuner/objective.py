@@ -1,26 +1,44 @@
-"""The trial runner: sample a config, train it, report validation ELBO each epoch, prune."""
+"""The trial runner: sample a config, train it, report validation ELBO each epoch, prune.
+
+A completed trial also gets its diagnostics (importance-weighted NLL, KL per latent dimension,
+active units, a posterior-collapse flag) and two pictures in the artifact store.
+"""
 
 from __future__ import annotations
 
-import optuna
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
+import optuna
+from optuna.artifacts import upload_artifact
+
+from tuner.artifacts import open_artifact_store
 from tuner.datasets import Splits
+from tuner.diagnostics import iw_nll, save_pictures
 from tuner.search_space import run_config, suggest
 from tuner.spec import StudySpec
-from tuner.train import NonFiniteLoss, TrainResult, train
+from tuner.train import Checkpoints, NonFiniteLoss, TrainResult, eval_targets, train
 
 
 class Objective:
     """Callable for `study.optimize`; maximizes the validation ELBO (beta = 1, nats/example)."""
 
-    def __init__(self, spec: StudySpec, splits: Splits):
+    def __init__(
+        self,
+        spec: StudySpec,
+        splits: Splits,
+        checkpoints_factory: Callable[[optuna.Trial], Checkpoints] | None = None,
+    ):
         self.spec = spec
         self.splits = splits
+        self.checkpoints_factory = checkpoints_factory
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = run_config(self.spec, suggest(trial, self.spec.search_space), trial.number)
         trial.set_user_attr("config", config.model_dump(mode="json", exclude={"source"}))
         trial.set_user_attr("seed", config.seed)
+        prune_collapse = self.spec.training.collapse == "prune"
 
         def on_epoch(run: TrainResult) -> None:
             r = run.final
@@ -29,19 +47,46 @@ class Objective:
                 trial.set_user_attr("num_parameters", run.num_parameters)
             trial.report(r.val.elbo, r.epoch)
             trial.set_user_attr("epochs_run", r.epoch)
+            if prune_collapse and r.val.active_units == 0 and r.epoch > config.warmup_epochs:
+                _record(trial, run)
+                reason = f"posterior collapse: no active units after epoch {r.epoch}"
+                trial.set_user_attr("stop_reason", reason)
+                raise optuna.TrialPruned(reason)
             if trial.should_prune():
                 _record(trial, run)
                 trial.set_user_attr("stop_reason", f"pruned after epoch {r.epoch}")
                 raise optuna.TrialPruned(f"validation ELBO {r.val.elbo:.2f} fell behind")
 
+        checkpoints = self.checkpoints_factory(trial) if self.checkpoints_factory else None
         try:
-            result = train(config, self.splits, on_epoch)
+            result = train(config, self.splits, on_epoch, checkpoints=checkpoints)
         except NonFiniteLoss as err:
             # pruned, not failed: samplers (TPE) then learn to avoid this region
             trial.set_user_attr("stop_reason", str(err))
             raise optuna.TrialPruned(str(err)) from None
+        if result.resumed_from_epoch:
+            trial.set_user_attr("resumed_from_epoch", result.resumed_from_epoch)
         _record(trial, result)
+        x_val = eval_targets(config, self.splits.val.to(result.device), 1)
+        if config.iw_samples:
+            k = config.iw_samples
+            nll = iw_nll(result.model, result.likelihood, x_val, k, config.data_seed)
+            trial.set_user_attr("val_iw_nll", nll)
+            trial.set_user_attr("iw_samples", k)
+        if self.spec.training.pictures:
+            self._pictures(trial, result, x_val)
         return result.final.val.elbo
+
+    def _pictures(self, trial: optuna.Trial, result: TrainResult, x_val) -> None:
+        store = open_artifact_store(self.spec.storage, self.spec.artifact_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in save_pictures(result.model, result.likelihood, x_val, Path(tmp), 0):
+                upload_artifact(
+                    artifact_store=store,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    mimetype="image/png",
+                )
 
 
 def _record(trial: optuna.Trial, run: TrainResult) -> None:
@@ -50,5 +95,7 @@ def _record(trial: optuna.Trial, run: TrainResult) -> None:
     trial.set_user_attr("val_recon", r.val.recon)
     trial.set_user_attr("val_kl", r.val.kl)
     trial.set_user_attr("active_units", r.val.active_units)
+    trial.set_user_attr("posterior_collapse", r.val.active_units == 0)
+    trial.set_user_attr("kl_per_dim", [round(v, 4) for v in r.val.kl_per_dim])
     trial.set_user_attr("wall_seconds", round(r.wall_seconds, 3))
     trial.set_user_attr("train_examples_per_s", round(r.examples_per_s, 1))

@@ -227,6 +227,13 @@ class DatasetSpec(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     subset: int | None = Field(None, ge=10, description="use at most this many training images")
+    download: bool = Field(True, description="fetch missing files into the cache")
+
+    @model_validator(mode="after")
+    def _array_needs_path(self) -> DatasetSpec:
+        if self.name == "array" and not self.path:
+            raise _fail("path", "the array dataset needs `path` to a .npy or .npz file")
+        return self
 
     @field_validator("name")
     @classmethod

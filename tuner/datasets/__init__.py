@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,3 +69,29 @@ def _digits(spec: DatasetSpec) -> tuple[np.ndarray, None]:
 
     images = load_digits().images.astype(np.float32) / 16.0
     return images, None
+
+
+def _local(path: str | None) -> Path | None:
+    return Path(path).expanduser() if path else None
+
+
+def _mnist_loader(name: str) -> Loader:
+    def load(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+        from tuner.datasets.mnist_family import load_mnist_family
+
+        return load_mnist_family(name, _local(spec.data_dir), download=spec.download)
+
+    load.__doc__ = f"{name}: 28x28 IDX files from --data-dir, else downloaded once to the cache."
+    return load
+
+
+for _name in ("mnist", "fashion-mnist", "kmnist"):
+    register(_name)(_mnist_loader(_name))
+
+
+@register("array")
+def _array(spec: DatasetSpec) -> tuple[np.ndarray, None]:
+    """The user's own images: a .npy/.npz file of N x H x W (or N x D) arrays."""
+    from tuner.datasets.arrays import load_array
+
+    return load_array(_local(spec.path), spec.key), None
