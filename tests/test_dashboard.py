@@ -42,3 +42,43 @@ def test_dashboard_lists_the_study(db_url):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _serve(db_url: str):
+    port = _free_port()
+    cli = Path(sys.executable).with_name("vae-tune")
+    proc = subprocess.Popen(
+        [str(cli), "dashboard", "--storage", db_url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _get_json(proc, url: str):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.3)
+    raise AssertionError(f"no answer from {url} within 60 s")
+
+
+def test_dashboard_api_lists_each_trials_pictures(cli, write_spec, db_url):
+    assert cli("run", write_spec({"budget": {"n_trials": 1}})).exit_code == 0
+    study_id = optuna.load_study(study_name="tiny", storage=db_url)._study_id
+    proc, base = _serve(db_url)
+    try:
+        detail = _get_json(proc, f"{base}/api/studies/{study_id}?after=0")
+        artifacts = detail["trials"][0]["artifacts"]
+        assert sorted(a["filename"] for a in artifacts) == ["reconstructions.png", "samples.png"]
+        art = artifacts[0]
+        url = f"{base}/artifacts/{study_id}/{detail['trials'][0]['trial_id']}/{art['artifact_id']}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
