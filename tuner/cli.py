@@ -36,6 +36,26 @@ StorageOpt = Annotated[
 ]
 
 
+HeartbeatIntervalOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Seconds between a running trial's heartbeats (default 10, or the study's)."
+    ),
+]
+HeartbeatGraceOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Seconds without a heartbeat after which a trial's worker counts as dead: the "
+        "trial is failed and retried from its checkpoint (default 30, or the study's).",
+    ),
+]
+MaxRetryOpt = Annotated[
+    int | None,
+    typer.Option(min=0, help="Retries per trial whose worker died (default 3, or the study's)."),
+]
+
+
 def _user_errors(fn: F) -> F:
     """Bad input -> a one-paragraph message on stderr and exit code 2; no traceback."""
 
@@ -137,6 +157,21 @@ def run(
         str | None,
         typer.Option(help="Folder holding the dataset's IDX files (no download)."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes on this machine sharing the study and its budget "
+            "(default: 1, in this process; with --devices, one per device).",
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1."),
+    ] = None,
+    heartbeat_interval: HeartbeatIntervalOpt = None,
+    heartbeat_grace: HeartbeatGraceOpt = None,
+    max_retry: MaxRetryOpt = None,
 ) -> None:
     """Start a study, or resume it if one of that name exists in the storage.
 
@@ -173,7 +208,22 @@ def run(
         f"{study_spec.training.epochs} epochs max"
         + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
     )
-    study = open_study(prepared)
+    from tuner.study import study_heartbeat
+    from tuner.workers import (
+        Interrupts,
+        check_shareable,
+        heartbeat_overrides,
+        parse_devices,
+        run_workers,
+    )
+
+    device_list = parse_devices(devices)
+    n_workers = workers or max(1, len(device_list))
+    check_shareable(study_spec.storage, n_workers)
+    beat = heartbeat_overrides(heartbeat_interval, heartbeat_grace, max_retry)
+    if n_workers == 1 and device_list:
+        prepared.spec.training.device = device_list[0]
+    study = open_study(prepared, beat)
     finished: list[int] = []
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -181,19 +231,128 @@ def run(
         _trial_line(study, trial)
 
     started = time.perf_counter()
+    ran, ok = 0, True
     try:
-        optimize(
-            study,
-            prepared,
-            study_spec.budget.n_trials,
-            study_spec.budget.timeout,
-            callbacks=[progress],
-        )
+        with Interrupts() as interrupts:
+            if n_workers > 1:
+                ran, ok = run_workers(
+                    study,
+                    prepared,
+                    study_spec.budget.n_trials,
+                    study_spec.budget.timeout,
+                    n_workers,
+                    device_list,
+                    study_heartbeat(study),
+                    interrupts,
+                    typer.echo,
+                )
+            else:
+                optimize(
+                    study,
+                    prepared,
+                    study_spec.budget.n_trials,
+                    study_spec.budget.timeout,
+                    callbacks=[progress],
+                    interrupts=interrupts,
+                    echo=typer.echo,
+                )
     except KeyboardInterrupt:
-        typer.echo("\ninterrupted: the running trial is marked FAIL; run again to continue.")
-        _summary(study, started, len(finished))
+        typer.echo(
+            "\ninterrupted: the running trial is marked FAIL and queued to resume from its "
+            "last checkpoint; run again to continue."
+        )
+        _summary(study, started, ran or len(finished))
         raise typer.Exit(130) from None
-    _summary(study, started, len(finished))
+    _summary(study, started, ran or len(finished))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def worker(
+    study_name: Annotated[str, typer.Option(envvar="VAE_TUNE_STUDY_NAME", help="Study to join.")],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    spec: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAE_TUNE_SPEC",
+            help="If the study does not exist yet, create it from this spec (a file or a "
+            "shipped spec name) with the spec's budget; otherwise ignored.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N; overrides the study's.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            envvar="VAE_TUNE_THREADS",
+            help="Torch threads (0: one per core); overrides the study's.",
+        ),
+    ] = None,
+    artifact_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAE_TUNE_ARTIFACTS",
+            help="Artifact folder (checkpoints, pictures), shared by the workers; overrides "
+            "the study's spec.",
+        ),
+    ] = None,
+    heartbeat_interval: HeartbeatIntervalOpt = None,
+    heartbeat_grace: HeartbeatGraceOpt = None,
+    max_retry: MaxRetryOpt = None,
+) -> None:
+    """Join a study and run its trials until the study-wide budget is spent.
+
+    Reads the spec stored on the study, so no local spec file is needed; start as many
+    workers as you like, on any machine that reaches the storage. A worker whose budget is
+    spent waits for running trials, taking over those whose worker dies. Ctrl-C marks the
+    running trial FAIL, queues it to resume, and exits 130.
+    """
+    from tuner.storage import mask_url
+    from tuner.study import run_trials, worker_name
+    from tuner.workers import Interrupts, heartbeat_overrides, join_study
+
+    _quiet_optuna()
+    beat = heartbeat_overrides(heartbeat_interval, heartbeat_grace, max_retry)
+    me = worker_name()
+
+    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        _trial_line(study, trial)
+
+    def note(line: str) -> None:
+        typer.echo(f"worker {me}: {line}")
+
+    with Interrupts() as interrupts:  # from the start: a signal while joining stops cleanly
+        joined = join_study(
+            study_name,
+            storage,
+            spec_file=spec,
+            device=device,
+            threads=threads,
+            artifact_dir=artifact_dir,
+            heartbeat=beat,
+        )
+        training = joined.prepared.spec.training
+        typer.echo(
+            f"worker {me} joined study {study_name!r} in {mask_url(storage)}: device "
+            f"{training.device}, {training.threads or 'all'} torch thread(s)"
+        )
+        try:
+            ran = run_trials(
+                joined.study,
+                joined.prepared,
+                joined.heartbeat,
+                callbacks=[progress],
+                interrupts=interrupts,
+                echo=note,
+            )
+        except KeyboardInterrupt:
+            note("interrupted: the running trial is marked FAIL and queued to resume")
+            raise typer.Exit(interrupts.exit_code) from None
+    note(f"{ran} trial(s) run; the study's budget is spent")
 
 
 @app.command()

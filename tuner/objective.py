@@ -14,6 +14,7 @@ import optuna
 from optuna.artifacts import upload_artifact
 
 from tuner.artifacts import open_artifact_store
+from tuner.checkpoint import seed_number
 from tuner.datasets import Splits
 from tuner.diagnostics import iw_nll, save_pictures
 from tuner.search_space import run_config, suggest
@@ -35,7 +36,8 @@ class Objective:
         self.checkpoints_factory = checkpoints_factory
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = run_config(self.spec, suggest(trial, self.spec.search_space), trial.number)
+        # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
+        config = run_config(self.spec, suggest(trial, self.spec.search_space), seed_number(trial))
         trial.set_user_attr("config", config.model_dump(mode="json", exclude={"source"}))
         trial.set_user_attr("seed", config.seed)
         prune_collapse = self.spec.training.collapse == "prune"

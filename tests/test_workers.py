@@ -1,0 +1,503 @@
+"""Many workers, one study: real worker processes on real PostgreSQL and SQLite.
+
+PostgreSQL is the server at 127.0.0.1:5432, database `test` (override the URL with
+VAE_TUNE_TEST_POSTGRES_URL); its tests are skipped when no server answers, unless
+VAE_TUNE_REQUIRE_POSTGRES=1 (as in .ci/run), which makes that a failure. Every test uses a study
+name of its own and deletes it afterwards: the database outlives the test run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from tuner.cli import app
+from tuner.storage import mask_url
+from tuner.study import Tally
+
+CLI = str(Path(sys.executable).with_name("vae-tune"))
+PG_URL = os.environ.get(
+    "VAE_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
+
+# tiny trials (a fraction of a second): budget and grid bookkeeping
+FAST: dict[str, Any] = {
+    "seed": 0,
+    "dataset": {"name": "digits", "subset": 200},
+    "search_space": {
+        "architecture": "mlp",
+        "latent_dim": {"low": 2, "high": 8, "log": True, "grid": [2, 4]},
+        "beta": {"low": 0.5, "high": 2.0, "log": True, "grid": [0.5, 1.0]},
+        "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [3.0e-3, 1.0e-2]},
+        "batch_size": 64,
+        "mlp": {"hidden_dim": 16, "depth": 1},
+    },
+    "training": {
+        "epochs": 2,
+        "device": "cpu",
+        "threads": 1,
+        "iw_samples": 0,
+        "pictures": False,
+    },
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+}
+# trials of a few seconds (about 0.4 s per epoch on one core): time to kill one mid-way
+SLOW_CHANGES: dict[str, Any] = {
+    "dataset": {"name": "digits", "subset": 600},
+    "search_space": {
+        "latent_dim": {"low": 2, "high": 8, "log": True},
+        "beta": 1.0,
+        "lr": 3.0e-3,
+        "batch_size": 4,
+        "mlp": {"hidden_dim": 256, "depth": 3},
+    },
+    "training": {"epochs": 4},
+}
+
+
+def _postgres_url() -> str:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - any failure means "no server here"
+        reason = f"no PostgreSQL answers at {mask_url(PG_URL)} ({type(err).__name__})"
+        if os.environ.get("VAE_TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
+        pytest.skip(reason)
+    return PG_URL
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+def backend(request, tmp_path: Path):
+    """(storage URL, unique study name); the study is deleted afterwards."""
+    url = _postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    yield url, name
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
+
+
+@pytest.fixture
+def postgres(tmp_path: Path):
+    url = _postgres_url()
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    yield url, name
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
+    spec = copy.deepcopy(FAST)
+    spec.update(study_name=name, storage=url, artifact_dir=str(tmp_path / "artifacts"))
+    for change in changes:
+        _merge(spec, copy.deepcopy(change))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class Proc:
+    """A vae-tune command in the background, its output in a file (no pipe to fill up)."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+        self.log = tmp_path / f"out-{uuid.uuid4().hex[:6]}.txt"
+        self._file = self.log.open("w")
+        self.popen = subprocess.Popen(
+            [CLI, *args],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait(self, timeout: float = 180) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+            self._file.close()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[int, str]:
+    proc = Proc(tmp_path, *args)
+    return proc.wait(timeout), proc.output
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {message or what}")
+
+
+def _running_with_checkpoint(url: str, name: str, min_epoch: int = 1):
+    """A RUNNING trial that has saved at least `min_epoch` epochs (None if none yet)."""
+
+    def find():
+        try:
+            trials = _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:
+            return None
+        for t in trials:
+            if t.user_attrs.get("checkpoint", {}).get("epoch", 0) >= min_epoch:
+                return t
+        return None
+
+    return find
+
+
+def _states(study: optuna.Study) -> Counter:
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def test_threads_are_split_between_workers():
+    from tuner.workers import split_threads
+
+    assert split_threads(4, cores=16) == 4
+    assert split_threads(3, cores=16) == 5
+    assert split_threads(3, cores=2) == 1
+    assert split_threads(1, cores=2) == 2
+
+
+def test_budget_counts_retried_crashes_once():
+    """A crashed trial that was retried costs no budget; its retry counts once it runs."""
+    study = optuna.create_study()
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def add(state, number_retried=None, **kw):
+        system = {} if number_retried is None else {"failed_trial": number_retried}
+        if number_retried is not None:
+            system["retry_history"] = [number_retried]
+        study.add_trial(
+            optuna.create_trial(
+                state=state,
+                params={"x": 0.5},
+                distributions=dist,
+                value=1.0 if state == TrialState.COMPLETE else None,
+                system_attrs=system,
+                **kw,
+            )
+        )
+
+    add(TrialState.COMPLETE)  # 0
+    add(TrialState.FAIL)  # 1: crashed, retried by 3
+    add(TrialState.FAIL)  # 2: an error, not retried: counts
+    add(TrialState.WAITING, number_retried=1)  # 3
+    tally = Tally.of(study.get_trials())
+    assert (tally.committed, tally.retries_waiting, tally.finished) == (2, 1, 1)
+
+
+def test_retry_resumes_the_newest_checkpoint_of_its_history(tmp_path: Path):
+    """The checkpoint lookup of a retried trial, step by step, without processes."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from tuner.checkpoint import TrialCheckpoints, discard, seed_number
+    from tuner.storage import retry_callback
+
+    (tmp_path / "art").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "art"))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}")
+    config = {"seed": 0, "lr": 0.01, "device": "cpu"}
+
+    def state(epoch: int) -> dict[str, Any]:
+        history = [{"epoch": e, "val": {"elbo": -float(e)}} for e in range(1, epoch + 1)]
+        return {"epoch": epoch, "history": history, "weights": torch.full((2,), float(epoch))}
+
+    first = study.ask()
+    first.suggest_float("x", 0, 1)
+    first.set_user_attr("config", config)
+    saver = TrialCheckpoints(first, store)
+    assert saver.load() is None  # not a retry: a fresh start
+    saver.save(state(1))
+    first.report(-1.0, 1)
+    saver.save(state(2))  # ... and the worker dies before reporting epoch 2
+    assert len(list((tmp_path / "art").iterdir())) == 1  # the older file is gone
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    retry_callback(3)(study, study._storage.get_trial(first._trial_id))
+
+    second = study.ask()  # pops the WAITING retry
+    assert second.params == first.params and seed_number(second) == first.number
+    second.set_user_attr("config", {**config, "device": "cuda:0"})  # may differ: same maths
+    loaded = TrialCheckpoints(second, store).load()
+    assert loaded["epoch"] == 2 and loaded["weights"].tolist() == [2.0, 2.0]
+    frozen = study._storage.get_trial(second._trial_id)
+    assert frozen.intermediate_values == {1: -1.0, 2: -2.0}  # inherited + restored
+    assert frozen.user_attrs["resumed_from_epoch"] == 2
+    assert frozen.user_attrs["resumed_from"] == {"trial": first.number, "epoch": 2}
+
+    # the retry dies too; meanwhile the spec changed: its retry starts afresh, not mixing runs
+    study._storage.set_trial_state_values(second._trial_id, TrialState.FAIL)
+    retry_callback(3)(study, study._storage.get_trial(second._trial_id))
+    third = study.ask()
+    assert seed_number(third) == first.number
+    third.set_user_attr("config", {**config, "lr": 0.1})
+    assert TrialCheckpoints(third, store).load() is None
+    assert study._storage.get_trial(third._trial_id).user_attrs["resumed_from_epoch"] == 0
+
+    study.tell(third, 1.0)
+    discard(study, study._storage.get_trial(third._trial_id), store)
+    assert not list((tmp_path / "art").iterdir())  # finished: scratch files removed
+
+
+def test_bad_worker_options_exit_2_before_writing(cli, write_spec, db_url, tmp_path: Path):
+    spec = write_spec()
+    memory = cli("run", spec, "--workers", "2", "--storage", "sqlite:///:memory:")
+    assert memory.exit_code == 2 and "several workers" in memory.output
+    beat = cli("run", spec, "--heartbeat-interval", "5", "--heartbeat-grace", "5")
+    assert beat.exit_code == 2 and "grace" in beat.output
+    nodev = cli("run", spec, "--devices", "cuda:7")
+    assert nodev.exit_code == 2 and "cuda" in nodev.output.lower()
+    assert optuna.get_all_study_names(db_url) == []
+    missing = cli("worker", "--study-name", "nope", "--storage", db_url)
+    assert missing.exit_code == 2 and "no study named 'nope'" in missing.output
+
+
+def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
+    """3 workers on PostgreSQL, 2 on SQLite (with the dashboard reading the live file all the
+    while): the budget is study-wide and exact, and a second run adds exactly its n trials."""
+    url, name = backend
+    workers = 3 if url.startswith("postgresql") else 2
+    spec = _spec(tmp_path, url, name)
+    dashboard, reads = None, 0
+    if url.startswith("sqlite"):
+        port = _free_port()
+        api = f"http://127.0.0.1:{port}/api/studies"
+        dashboard = Proc(tmp_path, "dashboard", "--storage", url, "--port", str(port))
+        _wait_for(lambda: _get_json(api) is not None, 60, "the dashboard")
+    try:
+        run = Proc(tmp_path, "run", spec, "--workers", str(workers), "--n-trials", "7")
+        while run.popen.poll() is None:
+            if dashboard is not None:
+                body = _get_json(api)
+                reads += bool(body and body["study_summaries"])
+            time.sleep(0.2)
+        code, out = run.wait(), run.output
+        assert code == 0, out
+        assert out.count("joined study") == workers
+        assert "database is locked" not in out
+        study = _study(url, name)
+        assert _states(study) == {"COMPLETE": 7}, out
+        assert study.user_attrs["budget"]["target"] == 7
+        if dashboard is not None:  # it read the live study, and still answers
+            assert reads > 0 and _get_json(api)["study_summaries"][0]["study_name"] == name
+        again = cli("run", spec, "--n-trials", "2")  # the same budget rule, one process
+        assert again.exit_code == 0, again.output
+        assert _states(_study(url, name)) == {"COMPLETE": 9}, again.output
+    finally:
+        if dashboard is not None:
+            dashboard.popen.terminate()
+            dashboard.wait(10)
+
+
+@pytest.mark.postgres
+def test_grid_by_three_workers_runs_each_point_once(postgres, tmp_path: Path, cli):
+    url, name = postgres
+    spec = _spec(tmp_path, url, name, {"sampler": {"name": "grid"}})
+    code, out = _run(tmp_path, "run", spec, "--workers", "3")
+    assert code == 0, out
+    trials = _study(url, name).trials
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials), out
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 8
+    again = cli("run", spec, "--workers", "3")  # covered: nothing to do, no worker started
+    assert again.exit_code == 0 and "nothing to run" in again.output, again.output
+    assert len(_study(url, name).trials) == 8
+
+
+def test_killed_worker_trial_is_retried_and_resumes(backend, tmp_path: Path):
+    """kill -9 of a worker mid-trial: after the grace period the surviving worker fails that
+    trial and runs its retry, which resumes from the last checkpoint; the budget stays exact."""
+    url, name = backend
+    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
+    victim = _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    killed_at = time.time()
+    os.kill(int(victim.user_attrs["worker"].split(":")[-1]), signal.SIGKILL)
+    code = run.wait()
+    out = run.output
+    assert code == 0, out
+    assert "was killed by signal 9" in out
+    study = _study(url, name)
+    trials = {t.number: t for t in study.trials}
+    original = trials[victim.number]
+    assert original.state == TrialState.FAIL
+    # failed by the heartbeat, not at once: no heartbeat for > grace (3 s; beats every 1 s)
+    assert original.datetime_complete.timestamp() - killed_at > 1.5
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1, out
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert (
+        retry.params == original.params and retry.user_attrs["seed"] == original.user_attrs["seed"]
+    )
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert 1 <= resumed <= 4  # epochs trained after the kill: 4 - resumed < 4
+    assert retry.user_attrs["resumed_from"] == {"trial": victim.number, "epoch": resumed}
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]  # the whole learning curve
+    assert _states(study) == {"COMPLETE": 2, "FAIL": 1}
+    assert not list((tmp_path / "artifacts").glob("checkpoint-*"))  # scratch files cleaned up
+
+
+def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, cli):
+    url, name = backend
+    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
+    _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    sent = time.monotonic()
+    run.popen.send_signal(signal.SIGINT)
+    code = run.wait()
+    took = time.monotonic() - sent
+    out = run.output
+    assert code == 130, out
+    assert took < 15, f"exit took {took:.1f}s"
+    assert "Traceback" not in out
+    study = _study(url, name)
+    states = _states(study)
+    assert states["RUNNING"] == 0 and states["FAIL"] >= 1, out
+    assert states["WAITING"] == states["FAIL"]  # every interrupted trial is queued to resume
+    # the next worker (no spec file: it reads the study) continues the study to its budget
+    resumed = cli("worker", "--study-name", name, "--storage", url)
+    out = resumed.output
+    assert resumed.exit_code == 0, out
+    study = _study(url, name)
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 2 and _states(study)["RUNNING"] == 0
+    assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in finished), out
+
+
+def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
+    """A worker whose heartbeats were late finds its trial failed and retried by another: it
+    stops that trial at the next epoch and goes on (here it runs the retry itself)."""
+    from tuner.storage import retry_callback
+
+    url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
+    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
+    victim = _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    study = _study(url, name)
+    study._storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # as if stale
+    retry_callback(3)(study, study._storage.get_trial(victim._trial_id))
+    code, out = run.wait(), run.output
+    assert code == 0, out
+    assert "taken over by another worker" in out
+    assert "Traceback" not in out and "failed with" not in out
+    study = _study(url, name)
+    assert _states(study) == {"FAIL": 1, "COMPLETE": 1}
+    retry = study.trials[-1]
+    assert retry.system_attrs["failed_trial"] == victim.number
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert not list((tmp_path / "artifacts").glob("checkpoint-*"))
+
+
+@pytest.mark.postgres
+def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path):
+    url, name = postgres
+    secret = "s3cretpw"  # trust authentication ignores it; it must still never leak
+    with_password = url.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in with_password
+    spec = _spec(tmp_path, with_password, name, {"training": {"pictures": True}})
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "3")
+    cmdlines = _wait_for(lambda: _worker_cmdlines(name), 60, "worker processes")
+    assert not any(secret in c for c in cmdlines), cmdlines  # `ps` shows no password
+    assert run.wait() == 0, run.output
+    outputs = [run.output]
+    runner = CliRunner()
+    env = {"VAE_TUNE_STORAGE": with_password}
+    for args in (
+        ["studies"],
+        ["export-best", "--study-name", name, "--output", str(tmp_path / "best.yaml")],
+        ["report", "--study-name", name, "--output", str(tmp_path / "report.html")],
+        ["worker", "--study-name", name],
+    ):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    bad = runner.invoke(app, ["studies", "--storage", with_password.replace("/test", "/nodb")])
+    assert bad.exit_code != 0
+    outputs.append(bad.output)
+    study = _study(url, name)
+    stored = json.dumps(
+        [study.user_attrs] + [[t.user_attrs, t.system_attrs] for t in study.trials],
+        default=str,
+    )
+    assert "***" in study.user_attrs["spec"]["storage"]
+    for text in [*outputs, stored, (tmp_path / "best.yaml").read_text()]:
+        assert secret not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix != ".yaml" or path.name == "best.yaml":
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def _worker_cmdlines(name: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "tuner.cli worker" in cmd and name in cmd:
+            found.append(cmd)
+    return found
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
