@@ -71,10 +71,11 @@ class Objective:
         _record(trial, result)
         x_val = eval_targets(config, self.splits.val.to(result.device), 1)
         if config.iw_samples:
-            k = config.iw_samples
-            nll = iw_nll(result.model, result.likelihood, x_val, k, config.data_seed)
+            k, x_nll = config.iw_samples, x_val[: config.iw_examples]  # val order is random
+            nll = iw_nll(result.model, result.likelihood, x_nll, k, config.data_seed)
             trial.set_user_attr("val_iw_nll", nll)
             trial.set_user_attr("iw_samples", k)
+            trial.set_user_attr("iw_examples", len(x_nll))
         if self.spec.training.pictures:
             self._pictures(trial, result, x_val)
         return result.final.val.elbo

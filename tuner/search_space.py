@@ -114,6 +114,7 @@ def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -
         grad_clip=values["grad_clip"],
         likelihood=spec.likelihood,
         iw_samples=spec.training.iw_samples,
+        iw_examples=spec.training.iw_examples,
         epochs=spec.training.epochs,
         seed=spec.seed + trial_number,
         data_seed=spec.seed,

@@ -277,6 +277,7 @@ class TrainingSpec(_Strict):
     threads: int = Field(0, ge=0, description="torch threads; 0 = one per available core")
     eval_batch_size: int = Field(1024, ge=1)
     iw_samples: int = Field(100, ge=0, description="k of the validation IW-NLL; 0 = skip")
+    iw_examples: int = Field(1000, ge=1, description="validation images the IW-NLL scores")
     collapse: Literal["ignore", "prune"] = "ignore"
     pictures: bool = True
 
@@ -338,6 +339,7 @@ class RunConfig(_Strict):
     lr_schedule: Literal[LR_SCHEDULES] = "none"  # type: ignore[valid-type]
     grad_clip: float = Field(0.0, ge=0)
     iw_samples: int = Field(100, ge=0)
+    iw_examples: int = Field(1000, ge=1)
     epochs: int = Field(10, ge=1)
     seed: int = 0
     data_seed: int = 0
