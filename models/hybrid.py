@@ -8,7 +8,7 @@ import torch
 
 from models.base import VAE
 from models.conv import ConvEncoder
-from models.rnn import CELLS, RowDecoder
+from models.rnn import RowDecoder, check_cell
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,7 @@ class HybridConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        check_cell(self.cell)
 
 
 class HybridVAE(VAE):

@@ -16,6 +16,11 @@ from models.base import VAE, gaussian_heads, split_heads
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
+def check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+
+
 @dataclass(frozen=True)
 class RNNConfig:
     latent_dim: int = 16
@@ -24,8 +29,7 @@ class RNNConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        check_cell(self.cell)
 
 
 class RowDecoder(nn.Module):

@@ -19,31 +19,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_lists_the_study(db_url):
-    optuna.create_study(study_name="shown", storage=db_url, direction="maximize")
-    port = _free_port()
-    cli = Path(sys.executable).with_name("vae-tune")
-    proc = subprocess.Popen(
-        [str(cli), "dashboard", "--storage", db_url, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline, body = time.monotonic() + 60, None
-        while time.monotonic() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
-                    body = json.loads(r.read())
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.3)
-        assert body is not None, "dashboard did not answer within 60 s"
-        assert [s["study_name"] for s in body["study_summaries"]] == ["shown"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def _serve(db_url: str):
     port = _free_port()
     cli = Path(sys.executable).with_name("vae-tune")
@@ -79,6 +54,17 @@ def test_dashboard_api_lists_each_trials_pictures(cli, write_spec, db_url):
         url = f"{base}/artifacts/{study_id}/{detail['trials'][0]['trial_id']}/{art['artifact_id']}"
         with urllib.request.urlopen(url, timeout=5) as r:
             assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_lists_the_study(db_url):
+    optuna.create_study(study_name="shown", storage=db_url, direction="maximize")
+    proc, base = _serve(db_url)
+    try:
+        body = _get_json(proc, f"{base}/api/studies")
+        assert [s["study_name"] for s in body["study_summaries"]] == ["shown"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

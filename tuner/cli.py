@@ -372,6 +372,16 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
         typer.echo(f"{s.study_name:<28} {s.n_trials:>6} {best}  {start}")
 
 
+def _existing_study(study_name: str, storage: str) -> optuna.Study:
+    """Load a study that must exist; a missing one is a user error (exit 2)."""
+    from tuner.storage import open_storage
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+
+
 @app.command("export-best")
 @_user_errors
 def export_best(
@@ -381,12 +391,8 @@ def export_best(
 ) -> None:
     """Write the best trial's full training config; `vae-tune train FILE` reproduces it."""
     from tuner.export import best_config, write_config
-    from tuner.storage import open_storage
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    except KeyError:
-        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+    study = _existing_study(study_name, storage)
     config = best_config(study)
     write_config(config, output)
     src = config["source"]
@@ -479,12 +485,8 @@ def report(
 ) -> None:
     """Draw Plotly pictures of a study (history, learning curves, importances) into one HTML."""
     from tuner.report import write_report
-    from tuner.storage import open_storage
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    except KeyError:
-        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+    study = _existing_study(study_name, storage)
     names = write_report(study, output)
     typer.echo(f"wrote {output}: {', '.join(names)}")
 
