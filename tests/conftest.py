@@ -43,7 +43,7 @@ def write_spec(tmp_path: Path, db_url: str):
     def write(changes: dict[str, Any] | None = None, name: str = "spec.yaml") -> Path:
         spec = copy.deepcopy(TINY_SPEC)
         spec["storage"] = db_url
-        _merge(spec, changes or {})
+        merge(spec, changes or {})
         path = tmp_path / name
         path.write_text(yaml.safe_dump(spec))
         return path
@@ -51,12 +51,14 @@ def write_spec(tmp_path: Path, db_url: str):
     return write
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `changes` into the spec dict `base` (nested dicts merge, values replace)."""
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
+    return base
 
 
 @pytest.fixture

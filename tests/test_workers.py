@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy
 import torch
 import yaml
+from conftest import TINY_SPEC, merge
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -41,27 +42,14 @@ PG_URL = os.environ.get(
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
 
 # tiny trials (a fraction of a second): budget and grid bookkeeping
-FAST: dict[str, Any] = {
-    "seed": 0,
-    "dataset": {"name": "digits", "subset": 200},
-    "search_space": {
-        "architecture": "mlp",
-        "latent_dim": {"low": 2, "high": 8, "log": True, "grid": [2, 4]},
-        "beta": {"low": 0.5, "high": 2.0, "log": True, "grid": [0.5, 1.0]},
-        "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [3.0e-3, 1.0e-2]},
-        "batch_size": 64,
-        "mlp": {"hidden_dim": 16, "depth": 1},
+FAST: dict[str, Any] = merge(
+    copy.deepcopy({k: v for k, v in TINY_SPEC.items() if k not in ("study_name", "budget")}),
+    {
+        "dataset": {"subset": 200},
+        "search_space": {"mlp": {"hidden_dim": 16}},
+        "training": {"iw_samples": 0, "pictures": False},
     },
-    "training": {
-        "epochs": 2,
-        "device": "cpu",
-        "threads": 1,
-        "iw_samples": 0,
-        "pictures": False,
-    },
-    "sampler": {"name": "random"},
-    "pruner": {"name": "none"},
-}
+)
 # trials of a few seconds (about 0.4 s per epoch on one core): time to kill one mid-way
 SLOW_CHANGES: dict[str, Any] = {
     "dataset": {"name": "digits", "subset": 600},
@@ -90,43 +78,33 @@ def _postgres_url() -> str:
     return PG_URL
 
 
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
-def backend(request, tmp_path: Path):
-    """(storage URL, unique study name); the study is deleted afterwards."""
-    url = _postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+def _unique_study(url: str):
+    """A study name of its own on `url`; the study is deleted afterwards."""
     name = f"w-{uuid.uuid4().hex[:10]}"
     yield url, name
     try:
         optuna.delete_study(study_name=name, storage=url)
     except KeyError:
         pass
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+def backend(request, tmp_path: Path):
+    """(storage URL, unique study name) on each backend."""
+    url = _postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    yield from _unique_study(url)
 
 
 @pytest.fixture
 def postgres(tmp_path: Path):
-    url = _postgres_url()
-    name = f"w-{uuid.uuid4().hex[:10]}"
-    yield url, name
-    try:
-        optuna.delete_study(study_name=name, storage=url)
-    except KeyError:
-        pass
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
+    yield from _unique_study(_postgres_url())
 
 
 def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
     spec = copy.deepcopy(FAST)
     spec.update(study_name=name, storage=url, artifact_dir=str(tmp_path / "artifacts"))
     for change in changes:
-        _merge(spec, copy.deepcopy(change))
+        merge(spec, copy.deepcopy(change))
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
