@@ -1,6 +1,14 @@
 """The VAE zoo: architectures by name (see `registry`) and the shared ELBO terms (`losses`)."""
 
 from models.base import VAE, VAEOutput
-from models.registry import architectures, build_model, config_fields
+from models.registry import architectures, build_model, config_class, config_fields, parse_config
 
-__all__ = ["VAE", "VAEOutput", "architectures", "build_model", "config_fields"]
+__all__ = [
+    "VAE",
+    "VAEOutput",
+    "architectures",
+    "build_model",
+    "config_class",
+    "config_fields",
+    "parse_config",
+]

@@ -32,9 +32,6 @@ class VAE(nn.Module):
         z = reparameterize(mu, logvar, generator)
         return VAEOutput(self.decode(z), mu, logvar)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def gaussian_heads(in_features: int, latent_dim: int) -> nn.Linear:
     """One linear layer producing mu and logvar side by side (split with `split_heads`)."""

@@ -6,20 +6,17 @@ recorded spatial sizes, so the output always matches the input exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from models.base import VAE, gaussian_heads, split_heads
+from models.config import ModelConfig
 
 
-@dataclass(frozen=True)
-class ConvConfig:
-    latent_dim: int = 16
-    channels: int = 32
-    depth: int = 2
-    dropout: float = 0.0
+class ConvConfig(ModelConfig):
+    channels: int = Field(32, ge=1, description="channels of the first convolution (doubling)")
+    depth: int = Field(2, ge=1, description="stride-2 convolutions")
 
 
 def _down(size: int) -> int:

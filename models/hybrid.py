@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 
 from models.base import VAE
+from models.config import ModelConfig
 from models.conv import ConvEncoder
-from models.rnn import RowDecoder, check_cell
+from models.rnn import Cell, RowDecoder
 
 
-@dataclass(frozen=True)
-class HybridConfig:
-    latent_dim: int = 16
-    channels: int = 32
-    depth: int = 2
-    hidden_size: int = 128
-    cell: str = "gru"
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_cell(self.cell)
+class HybridConfig(ModelConfig):
+    channels: int = Field(32, ge=1, description="channels of the first convolution (doubling)")
+    depth: int = Field(2, ge=1, description="stride-2 convolutions")
+    hidden_size: int = Field(128, ge=1, description="recurrent decoder state size")
+    cell: Cell = "gru"
 
 
 class HybridVAE(VAE):

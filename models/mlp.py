@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from models.base import VAE, gaussian_heads, split_heads
+from models.config import ModelConfig
 
 
-@dataclass(frozen=True)
-class MLPConfig:
-    latent_dim: int = 20
-    hidden_dim: int = 400
-    depth: int = 1
-    dropout: float = 0.0
+class MLPConfig(ModelConfig):
+    latent_dim: int = Field(20, ge=1)
+    hidden_dim: int = Field(400, ge=1, description="units per hidden layer")
+    depth: int = Field(1, ge=1, description="hidden layers in the encoder and in the decoder")
 
 
 def _stack(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> nn.Sequential:

@@ -6,30 +6,22 @@ pixel and the ELBO is exact in the same sense as for the other models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from models.base import VAE, gaussian_heads, split_heads
+from models.config import ModelConfig
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+Cell = Literal["gru", "lstm"]
 
 
-def check_cell(cell: str) -> None:
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    latent_dim: int = 16
-    hidden_size: int = 128
-    cell: str = "gru"
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_cell(self.cell)
+class RNNConfig(ModelConfig):
+    hidden_size: int = Field(128, ge=1, description="recurrent state size")
+    cell: Cell = "gru"
 
 
 class RowDecoder(nn.Module):

@@ -234,7 +234,8 @@ def test_export_best_then_train_reproduces_it(cli, write_spec, db_url, tmp_path:
 
 
 def test_export_best_without_complete_trial_exits_2(cli, db_url, tmp_path: Path):
-    optuna.create_study(study_name="empty", storage=db_url, direction="maximize")
+    empty = optuna.create_study(study_name="empty", storage=db_url, direction="maximize")
+    empty.set_user_attr("vae_tune_version", "0.1.0")  # a vae-tune study whose trials all failed
     out = tmp_path / "best.yaml"
     result = cli("export-best", "--study-name", "empty", "--storage", db_url, "--output", out)
     assert result.exit_code == 2

@@ -288,6 +288,7 @@ def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
     if url.startswith("sqlite"):
         port = _free_port()
         api = f"http://127.0.0.1:{port}/api/studies"
+        optuna.storages.RDBStorage(url)  # an empty database: the dashboard never creates one
         dashboard = Proc(tmp_path, "dashboard", "--storage", url, "--port", str(port))
         _wait_for(lambda: _get_json(api) is not None, 60, "the dashboard")
     try:
@@ -415,10 +416,14 @@ def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
 
 
 @pytest.mark.postgres
-def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path):
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path, where):
     url, name = postgres
     secret = "s3cretpw"  # trust authentication ignores it; it must still never leak
-    with_password = url.replace("postgres@", f"postgres:{secret}@", 1)
+    if where == "userinfo":
+        with_password = url.replace("postgres@", f"postgres:{secret}@", 1)
+    else:  # libpq's password= query parameter, which SQLAlchemy passes on as it is
+        with_password = f"{url}?password={secret}"
     assert secret in with_password
     spec = _spec(tmp_path, with_password, name, {"training": {"pictures": True}})
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "3")

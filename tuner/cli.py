@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ import optuna
 import typer
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import UserError
+from tuner.errors import ServiceError, UserError
 from tuner.spec import DEFAULT_SPEC, DEFAULT_STORAGE, PRUNERS, SAMPLERS
 
 app = typer.Typer(
@@ -57,17 +59,29 @@ MaxRetryOpt = Annotated[
 
 
 def _user_errors(fn: F) -> F:
-    """Bad input -> a one-paragraph message on stderr and exit code 2; no traceback."""
+    """Bad input -> one message on stderr and exit code 2; a machine or service in the way
+    (database unreachable or full, port in use, disk full) -> one line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlalchemy.exc
+
+        from tuner.storage import db_reason
+
         try:
             return fn(*args, **kwargs)
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-        except ConnectionError as err:
+        except (ServiceError, ConnectionError) as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            typer.echo(f"error: storage: {db_reason(err)}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            typer.echo(f"error: {err.strerror or err}{where}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -120,7 +134,8 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
     typer.echo(f"Best: trial {best.number}, validation ELBO {best.value:.3f} nats/example")
     typer.echo(f"  {_params(best.params)}")
     typer.echo(
-        f"Export it: vae-tune export-best --study-name {study.study_name} --output best.yaml"
+        f"Export it: vae-tune export-best --study-name {shlex.quote(study.study_name)} "
+        "--output best.yaml"
     )
 
 
@@ -180,7 +195,7 @@ def run(
     and may be pruned; one line is printed per finished trial, then a summary.
     """
     from tuner.spec import load_spec
-    from tuner.storage import mask_url
+    from tuner.storage import StudyLock, mask_url
     from tuner.study import open_study, optimize, prepare
 
     _quiet_optuna()
@@ -223,7 +238,8 @@ def run(
     beat = heartbeat_overrides(heartbeat_interval, heartbeat_grace, max_retry)
     if n_workers == 1 and device_list:
         prepared.spec.training.device = device_list[0]
-    study = open_study(prepared, beat)
+    with StudyLock(study_spec.storage, study_spec.study_name):
+        study = open_study(prepared, beat)
     finished: list[int] = []
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -361,7 +377,9 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """List the studies in a storage with their trial counts and best value."""
     from tuner.storage import mask_url, open_storage
 
-    summaries = optuna.get_all_study_summaries(open_storage(storage), include_best_trial=True)
+    summaries = optuna.get_all_study_summaries(
+        open_storage(storage, must_exist=True), include_best_trial=True
+    )
     if not summaries:
         typer.echo(f"no studies in {mask_url(storage)}")
         return
@@ -369,17 +387,19 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     for s in summaries:
         best = f"{s.best_trial.value:10.3f}" if s.best_trial else f"{'-':>10}"
         start = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        typer.echo(f"{s.study_name:<28} {s.n_trials:>6} {best}  {start}")
+        typer.echo(f"{_printable(s.study_name):<28} {s.n_trials:>6} {best}  {start}")
+
+
+def _printable(name: str) -> str:
+    """A name as one safe line: control characters (newlines) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _existing_study(study_name: str, storage: str) -> optuna.Study:
-    """Load a study that must exist; a missing one is a user error (exit 2)."""
-    from tuner.storage import open_storage
+    """Load a vae-tune study that must exist; a missing or foreign one is a user error."""
+    from tuner.study import load_vae_study
 
-    try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    except KeyError:
-        raise UserError(f"no study named {study_name!r} in this storage", "study_name") from None
+    return load_vae_study(study_name, storage)
 
 
 @app.command("export-best")
@@ -391,7 +411,9 @@ def export_best(
 ) -> None:
     """Write the best trial's full training config; `vae-tune train FILE` reproduces it."""
     from tuner.export import best_config, write_config
+    from tuner.files import check_writable
 
+    check_writable(output)
     study = _existing_study(study_name, storage)
     config = best_config(study)
     write_config(config, output)
@@ -416,10 +438,13 @@ def train(
     import torch
 
     from tuner.datasets import load_splits
+    from tuner.files import check_writable, write_atomic
     from tuner.spec import RunConfig, read_yaml, validate
     from tuner.train import eval_targets, evaluate
     from tuner.train import train as train_run
 
+    if save is not None:
+        check_writable(save, "save")
     data, path = read_yaml(config)
     data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
     run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
@@ -440,11 +465,24 @@ def train(
     )
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:
+        buffer = io.BytesIO()
         torch.save(
             {"config": run_config.model_dump(mode="json"), "state_dict": result.model.state_dict()},
-            save,
+            buffer,
         )
+        write_atomic(save, buffer.getvalue(), "save")
         typer.echo(f"saved weights to {save}")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before starting the server if the port is taken."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise ServiceError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 @app.command()
@@ -452,7 +490,7 @@ def train(
 def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     artifact_dir: Annotated[
         str | None,
         typer.Option(
@@ -470,8 +508,9 @@ def dashboard(
     from tuner.artifacts import open_artifact_store
     from tuner.storage import mask_url, open_storage
 
-    opened = open_storage(storage)
-    store = open_artifact_store(storage, artifact_dir)
+    opened = open_storage(storage, must_exist=True)
+    store = open_artifact_store(storage, artifact_dir, create=False)
+    _check_port_free(host, port)
     typer.echo(f"optuna-dashboard for {mask_url(storage)} at http://{host}:{port}/")
     run_server(opened, host=host, port=port, artifact_store=store)
 

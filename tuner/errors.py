@@ -1,10 +1,10 @@
-"""Errors a user can fix by changing their input; the CLI turns them into exit code 2."""
+"""Errors the CLI turns into one line and an exit code instead of a traceback."""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input named by the field (or file) that is wrong; never a bug in vae-tune."""
+    """Bad input named by the field (or file) that is wrong; never a bug in vae-tune (exit 2)."""
 
     def __init__(self, message: str, field: str | None = None):
         self.field = field
@@ -17,3 +17,8 @@ class SpecError(UserError):
 
 class DataError(UserError):
     """A dataset that cannot be found, downloaded or read as images."""
+
+
+class ServiceError(Exception):
+    """The machine or a service is in the way, not the input: a database that does not answer,
+    a port in use, a full disk (exit 1)."""

@@ -10,6 +10,7 @@ import optuna
 import yaml
 
 from tuner.errors import UserError
+from tuner.files import write_atomic
 from tuner.spec import RunConfig
 
 
@@ -22,6 +23,10 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
             f"study {study.study_name!r} has no complete trial yet; run more trials first",
             "study_name",
         ) from None
+    if "config" not in best.user_attrs:
+        raise UserError(
+            f"trial {best.number} of study {study.study_name!r} has no stored config", "study_name"
+        )
     config = RunConfig.model_validate(best.user_attrs["config"])
     config.source = {
         "study": study.study_name,
@@ -33,13 +38,11 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
 
 
 def write_config(config: dict[str, Any], path: Path) -> None:
-    """Write as YAML or JSON by suffix; written whole to a temporary file, then renamed."""
+    """Write as YAML or JSON by suffix, whole or not at all."""
     if path.suffix in (".yaml", ".yml"):
         text = yaml.safe_dump(config, sort_keys=False)
     elif path.suffix == ".json":
         text = json.dumps(config, indent=2) + "\n"
     else:
         raise UserError(f"unsupported suffix {path.suffix!r}: use .yaml, .yml or .json", "output")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)

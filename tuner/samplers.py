@@ -1,72 +1,182 @@
-"""Samplers and pruners as plain Optuna objects built from names (and options) in the spec."""
+"""Samplers and pruners by name: plain Optuna objects, their options checked before use.
+
+The names here are the only list of samplers and pruners; the spec takes its choices from them.
+Options are checked against the Optuna class's own signature and type hints, so
+`n_startup_trials: "abc"` is refused as `sampler.options.n_startup_trials` before anything is
+written, instead of failing every trial later.
+"""
 
 from __future__ import annotations
 
+import collections.abc
+import hashlib
+import inspect
+import typing
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from tuner.errors import SpecError
-from tuner.spec import PrunerSpec, SamplerSpec
+
+_s, _p = optuna.samplers, optuna.pruners
+SAMPLER_CLASSES: dict[str, type[BaseSampler]] = {
+    # grid points are enqueued as trials (see study.enqueue_grid); the sampler never draws
+    "grid": _s.RandomSampler,
+    "random": _s.RandomSampler,
+    "tpe": _s.TPESampler,
+    "gp": _s.GPSampler,
+    "cmaes": _s.CmaEsSampler,
+    "qmc": _s.QMCSampler,
+}
+PRUNER_CLASSES: dict[str, type[BasePruner]] = {
+    "median": _p.MedianPruner,
+    "percentile": _p.PercentilePruner,
+    "successive_halving": _p.SuccessiveHalvingPruner,
+    "hyperband": _p.HyperbandPruner,
+    "patient": _p.PatientPruner,
+    "none": _p.NopPruner,
+}
+SAMPLERS = tuple(SAMPLER_CLASSES)
+PRUNERS = tuple(PRUNER_CLASSES)
+# names Optuna's annotations use but import only for type checkers
+_HINT_NAMES = {**vars(collections.abc), "FrozenTrial": FrozenTrial, "Study": Study, "np": np}
 
 
-def _sampler_class(name: str) -> Any:
-    s = optuna.samplers
-    return {
-        # grid points are enqueued as trials (see study.enqueue_grid); the sampler never draws
-        "grid": s.RandomSampler,
-        "random": s.RandomSampler,
-        "tpe": s.TPESampler,
-        "gp": s.GPSampler,
-        "cmaes": s.CmaEsSampler,
-        "qmc": s.QMCSampler,
-    }[name]
+def checked_options(cls: type, options: dict[str, Any], field: str) -> dict[str, Any]:
+    """`options` validated (and coerced, e.g. "5" -> 5) against `cls`'s constructor; a bad
+    name or type raises SpecError naming `field.option`."""
+    params = inspect.signature(cls).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__, localns=_HINT_NAMES)
+    except Exception:  # noqa: BLE001 - an annotation we cannot resolve: construction checks it
+        hints = {}
+    checked = {}
+    for name, value in options.items():
+        if name not in params or name in ("self", "seed"):
+            known = ", ".join(p for p in params if p not in ("self", "seed"))
+            raise SpecError(f"unknown option of {cls.__name__}; known: {known}", f"{field}.{name}")
+        checked[name] = value
+        if name in hints:
+            adapter = TypeAdapter(hints[name], config=ConfigDict(arbitrary_types_allowed=True))
+            try:
+                checked[name] = adapter.validate_python(value)
+            except ValidationError as err:
+                message = err.errors()[0]["msg"]
+                raise SpecError(f"{message}, got {value!r}", f"{field}.{name}") from None
+    return checked
 
 
-def build_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
-    options = dict(spec.options)
-    if spec.name in ("cmaes", "qmc", "gp"):
+def _construct(cls: type, options: dict[str, Any], field: str) -> Any:
+    try:
+        with warnings.catch_warnings():  # QMC, PatientPruner, multivariate TPE: "experimental"
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return cls(**options)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"bad options for {cls.__name__}: {err}", field) from None
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    """An independent 32-bit seed for trial `number` of a study seeded `seed`."""
+    digest = hashlib.sha256(f"vae-tune sampler {seed} {number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class TrialSeededSampler(BaseSampler):
+    """Draw trial n with a sampler seeded from (study seed, n).
+
+    An Optuna sampler seeded once per process redraws the same sequence in every process:
+    each resumed `vae-tune run` and each concurrent one would repeat the points the first run
+    tried. Seeding by trial number keeps a study reproducible while every trial, in whichever
+    process, draws its own numbers; the history the sampler learns from is the study's.
+    """
+
+    def __init__(self, make: Callable[[int], BaseSampler], seed: int):
+        self._make = make
+        self._seed = seed
+        self._inner = make(seed)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._inner = self._make(_trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: collections.abc.Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+    def __str__(self) -> str:
+        return str(self._inner)
+
+
+def build_sampler(name: str, options: dict[str, Any], seed: int) -> BaseSampler:
+    """The named sampler with checked options, seeded per trial from `seed` (QMC keeps one
+    seed: its low-discrepancy sequence is one scrambled sequence, continued across runs)."""
+    cls = SAMPLER_CLASSES[name]
+    options = checked_options(cls, options, "sampler.options")
+    if name in ("cmaes", "qmc", "gp"):
         # conditional knobs and categoricals fall back to independent sampling by design
         options.setdefault("warn_independent_sampling", False)
-    try:
-        with warnings.catch_warnings():  # QMC is marked experimental; we choose it knowingly
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return _sampler_class(spec.name)(seed=seed, **options)
-    except (TypeError, ValueError) as err:
-        raise SpecError(
-            f"bad options for sampler {spec.name!r}: {err}", "sampler.options"
-        ) from None
+
+    def make(trial_seed: int) -> BaseSampler:
+        return _construct(cls, {**options, "seed": trial_seed}, "sampler.options")
+
+    return make(seed) if name == "qmc" else TrialSeededSampler(make, seed)
 
 
-_PRUNERS = {
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "patient": optuna.pruners.PatientPruner,
-    "none": optuna.pruners.NopPruner,
-}
+class PrunerChoice(Protocol):
+    """A pruner as the spec names it (`tuner.spec.PrunerSpec`)."""
+
+    name: str
+    options: dict[str, Any]
+    wrapped: PrunerChoice | None
 
 
-def build_pruner(spec: PrunerSpec, field: str = "pruner") -> BasePruner:
-    options = dict(spec.options)
-    if spec.wrapped is not None and spec.name != "patient":
+def build_pruner(choice: PrunerChoice, field: str = "pruner") -> BasePruner:
+    """The named pruner with checked options (`patient` wraps `choice.wrapped`)."""
+    cls = PRUNER_CLASSES[choice.name]
+    options = checked_options(cls, dict(choice.options), f"{field}.options")
+    if choice.wrapped is not None and choice.name != "patient":
         raise SpecError("only the patient pruner wraps another pruner", f"{field}.wrapped")
-    if spec.name == "patient":
-        wrapped = build_pruner(spec.wrapped, f"{field}.wrapped") if spec.wrapped else None
+    if choice.name == "patient":
+        wrapped = choice.wrapped
         options.setdefault("patience", 2)
-        options["wrapped_pruner"] = wrapped
-    if spec.name == "percentile":
+        options["wrapped_pruner"] = build_pruner(wrapped, f"{field}.wrapped") if wrapped else None
+    if choice.name == "percentile":
         options.setdefault("percentile", 25.0)
-    try:
-        with warnings.catch_warnings():  # PatientPruner is marked experimental
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return _PRUNERS[spec.name](**options)
-    except (TypeError, ValueError) as err:
-        raise SpecError(
-            f"bad options for pruner {spec.name!r}: {err}", f"{field}.options"
-        ) from None
+    return _construct(cls, options, f"{field}.options")

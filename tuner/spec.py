@@ -8,24 +8,30 @@ touches the database.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from models import architectures, config_fields
+from models import architectures, config_class, parse_config
 from tuner.errors import SpecError
+from tuner.samplers import PRUNERS, SAMPLERS
 
 DEFAULT_STORAGE = "sqlite:///vae-tune.db"
 DEFAULT_SPEC = "quickstart"
-SAMPLERS = ("grid", "random", "tpe", "gp", "cmaes", "qmc")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
 Scalar = bool | int | float | str
+# Optuna's RDB storage keeps study names in a VARCHAR(512); control characters (newlines) would
+# break every table and shell line that shows the name
+MAX_STUDY_NAME = 512
+StudyName = Annotated[
+    str, Field(min_length=1, max_length=MAX_STUDY_NAME, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 
 
 class _Strict(BaseModel):
@@ -180,20 +186,29 @@ class SearchSpace(_Strict):
                     "architecture", f"unknown architecture {arch!r}; known: {architectures()}"
                 )
         for arch in architectures():
-            known = set(config_fields(arch)) - {"latent_dim", "dropout"}
+            fields = config_class(arch).model_fields
+            known = set(fields) - {"latent_dim", "dropout"}
             for knob, param in self.knobs(arch).items():
                 if knob not in known:
                     raise _fail(f"{arch}.{knob}", f"unknown {arch} knob; known: {sorted(known)}")
-                default = config_fields(arch)[knob]
-                if isinstance(default, str):
-                    if any(not isinstance(v, str) for v in param.values()):
-                        raise _fail(f"{arch}.{knob}", "expected string values")
-                else:
-                    _check_numeric(f"{arch}.{knob}", param, int, 1, False)
+                field = {"fixed": "value", "categorical": "choices"}.get(param.kind, "low")
+                for v in param.values() + list(param.grid or []):
+                    problem = _model_field_error(arch, knob, v)
+                    if problem:
+                        raise _fail(f"{arch}.{knob}.{field}", problem)
         return self
 
     def knobs(self, architecture: str) -> dict[str, Param]:
         return getattr(self, architecture, None) or {}
+
+
+def _model_field_error(architecture: str, knob: str, value: Any) -> str | None:
+    """Why `value` is not a valid `knob` of the architecture's typed config (None: it is)."""
+    try:
+        config_class(architecture).model_validate({knob: value})
+    except ValidationError as err:
+        return f"{err.errors()[0]['msg']}, got {value!r}"
+    return None
 
 
 def _check_numeric(
@@ -310,7 +325,7 @@ class BudgetSpec(_Strict):
 class StudySpec(_Strict):
     """A whole study: what to search, on which data, with which sampler, pruner and budget."""
 
-    study_name: str = Field(min_length=1)
+    study_name: StudyName
     storage: str = DEFAULT_STORAGE
     artifact_dir: str | None = Field(None, description="default: beside the SQLite file")
     seed: int = 0
@@ -355,10 +370,14 @@ class RunConfig(_Strict):
     def _buildable(cls, model: dict[str, Any]) -> dict[str, Any]:
         arch = model.get("architecture")
         if arch not in architectures():
-            raise ValueError(f"model.architecture must be one of {architectures()}, got {arch!r}")
-        unknown = set(model) - {"architecture"} - set(config_fields(arch))
-        if unknown:
-            raise ValueError(f"unknown {arch} options: {', '.join(sorted(unknown))}")
+            raise _fail("architecture", f"must be one of {architectures()}, got {arch!r}")
+        try:
+            parse_config(model)
+        except ValidationError as err:
+            first = err.errors()[0]
+            msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            path = ".".join(str(p) for p in first["loc"])
+            raise _fail(path, f"{msg}, got {first.get('input')!r}") from None
         return model
 
 
@@ -382,6 +401,20 @@ def validate(model: type[BaseModel], data: Any, source: str) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         raise SpecError(f"invalid {source}:\n{format_errors(err)}") from None
+    except RecursionError:
+        raise SpecError(f"invalid {source}: nested too deeply") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: `1e-4` is a number, not the string PyYAML's 1.1 rules make
+    of it (they want `1.0e-4`), so numbers read the same in every field."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def shipped_specs() -> dict[str, Path]:
@@ -405,14 +438,15 @@ def read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], Path]:
             known = ", ".join(sorted(shipped))
             raise SpecError(f"no such file: {path_or_name} (shipped specs: {known})")
     try:
-        if path.suffix == ".json":
-            import json
-
-            data = json.loads(path.read_text())
-        else:
-            data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read: {err}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
     except (yaml.YAMLError, ValueError) as err:
         raise SpecError(f"{path}: not valid YAML/JSON: {err}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a spec or config") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     return data, path

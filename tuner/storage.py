@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 import warnings
@@ -23,31 +24,70 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import UserError
 
+# query keys that carry credentials (password=, sslpassword=, passfile=, auth_token=, ...)
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|api_?key", re.IGNORECASE)
+MASK = "***"
+
+
+def _parse(url: str) -> URL:
+    """The URL parsed; a malformed one (bad port, not a URL) is a UserError, password masked."""
+    try:
+        return make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        reason = redact(str(err), url)
+        raise UserError(f"not a database URL: {mask_url(url)} ({reason})", "storage") from None
+
+
+def _secrets(url: str) -> list[str]:
+    """Every credential the URL carries: the userinfo password and secret query values."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_KEY.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    return [str(v) for v in found if v]
+
 
 def mask_url(url: str) -> str:
-    """The URL as safe to print: the password (if any) replaced by ***."""
+    """The URL as safe to print or store: the password and every secret query value -> ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return "<unparseable storage URL>"
+    query = {k: (MASK if _SECRET_KEY.search(k) else v) for k, v in parsed.query.items()}
+    text = parsed.set(query=query).render_as_string(hide_password=True)
+    return text.replace("%2A%2A%2A", MASK)  # rendering percent-encodes the masked query values
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (an error message, say) with every credential of `url` replaced by ***."""
+    for secret in _secrets(url):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for in-memory SQLite and for servers."""
-    parsed = make_url(url)
+    """The database file of a SQLite URL; None for in-memory SQLite and for servers.
+
+    Handles `sqlite:///file:x.db?uri=true` URI filenames as SQLite itself reads them."""
+    parsed = _parse(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    if parsed.database.startswith("file:"):  # sqlite:///file:x.db?uri=true
-        return Path(parsed.database.removeprefix("file:").split("?")[0])
+    if parsed.database.startswith("file:"):
+        name = parsed.database.removeprefix("file:").split("?")[0]
+        return None if name in ("", ":memory:") else Path(name)
     return Path(parsed.database)
 
 
 def engine_kwargs(url: str) -> dict:
-    if make_url(url).get_backend_name() == "sqlite":
+    if _parse(url).get_backend_name() == "sqlite":
         # wait for a writer instead of failing with "database is locked"
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
@@ -104,13 +144,18 @@ def retry_callback(max_retry: int) -> Callable[[optuna.Study, Any], None]:
         )
 
 
-def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the study database at `url`.
+def open_storage(
+    url: str, heartbeat: Heartbeat | None = None, *, must_exist: bool = False
+) -> optuna.storages.RDBStorage:
+    """Open the study database at `url`, creating its tables if needed.
 
     With `heartbeat`, trials run through this storage record heartbeats and stale ones are
-    retried; reading commands (studies, export, dashboard) open it without.
+    retried. Reading commands (studies, export, report, dashboard) pass `must_exist`: they
+    never create a database, so a mistyped SQLite path is an error, not a new empty file.
     """
-    _check_url(url)
+    path = sqlite_file(url)
+    if must_exist and path is not None and not path.is_file():
+        raise UserError(f"no such database file: {path}", "storage")
     beat: dict[str, Any] = {}
     if heartbeat is not None:
         beat = {
@@ -122,30 +167,34 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
             warnings.simplefilter("ignore", ExperimentalWarning)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **beat)
-    if sqlite_file(url) is not None:
-        _use_wal(storage.engine)
+        if path is not None and not must_exist:
+            _use_wal(storage.engine)
     return storage
-
-
-def _check_url(url: str) -> None:
-    try:
-        make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"not a database URL: {mask_url(url)}", "storage") from None
 
 
 @contextlib.contextmanager
 def _connection_errors(url: str) -> Iterator[None]:
-    """A missing driver -> UserError; an unreachable database -> ConnectionError; both with
-    the password masked (the CLI prints them without a traceback)."""
+    """A missing driver or a file that is no database -> UserError; an unreachable database ->
+    ConnectionError; all with every credential masked (the CLI prints them without a traceback).
+    """
     try:
         yield
     except (sqlalchemy.exc.NoSuchModuleError, ModuleNotFoundError) as err:
         hint = " (for PostgreSQL: pip install 'vae-tune[postgres]')" if "postgres" in url else ""
-        raise UserError(f"no driver for {mask_url(url)}: {err}{hint}", "storage") from None
-    except sqlalchemy.exc.OperationalError as err:
-        reason = str(err.orig).splitlines()[0] if err.orig else str(err)
+        reason = redact(str(err), url)
+        raise UserError(f"no driver for {mask_url(url)}: {reason}{hint}", "storage") from None
+    except sqlalchemy.exc.DBAPIError as err:
+        reason = redact(db_reason(err), url)
+        if sqlite_file(url) is not None and "not a database" in reason:
+            raise UserError(f"{sqlite_file(url)} is not a SQLite database", "storage") from None
         raise ConnectionError(f"cannot open storage {mask_url(url)}: {reason}") from None
+
+
+def db_reason(err: sqlalchemy.exc.SQLAlchemyError) -> str:
+    """The database's own one-line reason for an error, without SQLAlchemy's SQL and links."""
+    orig = getattr(err, "orig", None)
+    text = str(orig) if orig is not None else str(err)
+    return (text.strip().splitlines() or [type(err).__name__])[0]
 
 
 def _use_wal(engine: sqlalchemy.engine.Engine) -> None:
@@ -175,13 +224,12 @@ class StudyLock:
     POLL_S = 0.02
 
     def __init__(self, url: str, study_name: str):
-        _check_url(url)
         self._url = url
         self._name = study_name
         digest = hashlib.sha1(f"vae-tune:{study_name}".encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
         self._mysql_name = f"vae-tune:{digest.hex()[:40]}"
-        self._backend = make_url(url).get_backend_name()
+        self._backend = _parse(url).get_backend_name()
         self._engine: sqlalchemy.engine.Engine | None = None
         self._conn: sqlalchemy.engine.Connection | None = None
         self._file: Any = None

@@ -22,6 +22,7 @@ budget stored on the study (user attr `budget`), and it is exact however many th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -34,25 +35,33 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.artifacts import open_artifact_store
 from tuner.checkpoint import TrialCheckpoints, discard
 from tuner.datasets import Splits, load_splits
-from tuner.errors import SpecError, UserError
+from tuner.errors import ServiceError, UserError
 from tuner.objective import Objective
 from tuner.samplers import build_pruner, build_sampler
 from tuner.search_space import grid_points
 from tuner.spec import StudySpec
-from tuner.storage import Heartbeat, StudyLock, mask_url, open_storage, retry_callback
+from tuner.storage import (
+    Heartbeat,
+    StudyLock,
+    db_reason,
+    mask_url,
+    open_storage,
+    retry_callback,
+)
 from tuner.train import resolve_device
 
 if TYPE_CHECKING:
     from tuner.workers import Interrupts
 
 DEFAULT_N_TRIALS = 20
+MARKER_ATTR = "vae_tune_version"  # study user attr: made by vae-tune (which version)
 BUDGET_ATTR = "budget"
 HEARTBEAT_ATTR = "heartbeat"
 WORKER_ATTR = "worker"  # trial user attr: host:pid of the process that runs it
@@ -71,7 +80,7 @@ class Prepared:
 
 def prepare(spec: StudySpec) -> Prepared:
     """Build every object a study needs and load its data; raises UserError on bad input."""
-    sampler = build_sampler(spec.sampler, spec.seed)
+    sampler = build_sampler(spec.sampler.name, spec.sampler.options, spec.seed)
     pruner = build_pruner(spec.pruner)
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
     resolve_device(spec.training.device)
@@ -92,29 +101,60 @@ def study_heartbeat(study: optuna.Study, overrides: dict[str, int] | None = None
     return Heartbeat.from_dict({**stored, **(overrides or {})})
 
 
+def require_vae_tune(study: optuna.Study) -> optuna.Study:
+    """Refuse a study that vae-tune did not make (a plain Optuna study of the same name): its
+    trials carry no configs to export or train, and appending ours would mix two studies."""
+    if MARKER_ATTR not in study.user_attrs:
+        raise UserError(
+            f"study {study.study_name!r} exists in this storage but was not made by vae-tune "
+            f"(it has no {MARKER_ATTR!r} attribute): choose another study name",
+            "study_name",
+        )
+    return study
+
+
+def load_vae_study(study_name: str, storage_url: str, **kwargs: Any) -> optuna.Study:
+    """Load an existing vae-tune study (exit 2 if there is none of that name, or a foreign one);
+    the storage must exist already: readers never create a database."""
+    storage = kwargs.pop("storage", None) or open_storage(storage_url, must_exist=True)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, **kwargs)
+    except KeyError:
+        raise UserError(
+            f"no study named {study_name!r} in {mask_url(storage_url)}", "study_name"
+        ) from None
+    return require_vae_tune(study)
+
+
 def open_study(prepared: Prepared, heartbeat: dict[str, int] | None = None) -> optuna.Study:
     """Create the study, or load it if it exists (so running a spec again resumes it).
+    Call with the study lock held, so that a concurrent `run` sees a study with its marker.
 
-    The spec (password masked) and the heartbeat settings are written on the study every time:
-    workers that join follow the latest `run`.
+    The spec (credentials masked) and the heartbeat settings are written on the study every
+    time: workers that join follow the latest `run`.
     """
     spec = prepared.spec
     storage = open_storage(spec.storage, Heartbeat())
-    study = optuna.create_study(
-        storage=storage,
-        study_name=spec.study_name,
-        sampler=prepared.sampler,
-        pruner=prepared.pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise SpecError("an existing study of that name is not a vae-tune study", "study_name")
+    if spec.study_name in optuna.get_all_study_names(storage):
+        study = load_vae_study(
+            spec.study_name,
+            spec.storage,
+            storage=storage,
+            sampler=prepared.sampler,
+            pruner=prepared.pruner,
+        )
+    else:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.study_name,
+            sampler=prepared.sampler,
+            pruner=prepared.pruner,
+            direction="maximize",
+        )
+        study.set_user_attr(MARKER_ATTR, __version__)  # makes it self-describing, and ours
+        study.set_user_attr("objective", "validation ELBO at beta=1, nats per example (maximize)")
     beat = study_heartbeat(study, heartbeat)
     use_heartbeat(storage, beat)
-    if "vae_tune_version" not in study.user_attrs:  # new study: make it self-describing
-        study.set_user_attr("vae_tune_version", __version__)
-        study.set_user_attr("objective", "validation ELBO at beta=1, nats per example (maximize)")
     study.set_user_attr("spec", stored_spec(spec))
     study.set_user_attr(HEARTBEAT_ATTR, beat.to_dict())
     return study
@@ -124,17 +164,13 @@ def load_study(prepared: Prepared, heartbeat: dict[str, int] | None = None) -> o
     """Join an existing study (a worker): its own heartbeat settings unless overridden."""
     spec = prepared.spec
     storage = open_storage(spec.storage, Heartbeat())
-    try:
-        study = optuna.load_study(
-            study_name=spec.study_name,
-            storage=storage,
-            sampler=prepared.sampler,
-            pruner=prepared.pruner,
-        )
-    except KeyError:
-        raise UserError(
-            f"no study named {spec.study_name!r} in this storage", "study_name"
-        ) from None
+    study = load_vae_study(
+        spec.study_name,
+        spec.storage,
+        storage=storage,
+        sampler=prepared.sampler,
+        pruner=prepared.pruner,
+    )
     use_heartbeat(storage, study_heartbeat(study, heartbeat))
     return study
 
@@ -200,24 +236,40 @@ def set_budget(
     n_trials: int | None,
     timeout: float | None,
 ) -> dict[str, Any]:
-    """Store the study-wide budget for this run (call with the study lock held): n_trials more
-    trials (default: the rest of the grid, or 20), started within `timeout` seconds."""
+    """Add this run's trials to the study-wide budget (call with the study lock held): n_trials
+    more (default: the rest of the grid, or 20), started within `timeout` seconds.
+
+    Budgets add up: trials an earlier `run` asked for and that have not run yet (it is still
+    running, or it was interrupted) stay in the target, so two concurrent `run --n-trials 3`
+    finish 6 trials, and `carried` says how many were left over.
+    """
     grid = prepared.grid is not None
     waiting = enqueue_grid(study, prepared.grid) if prepared.grid is not None else 0
     tally = Tally.of(study.get_trials(deepcopy=False))
+    old = study.user_attrs.get(BUDGET_ATTR) or {}
+    now = time.time()
+    old_deadline = old.get("deadline")
+    live = old_deadline is None or old_deadline > now
+    outstanding = 0
+    if old.get("target") is not None and live:
+        outstanding = max(0, old["target"] - tally.committed)
+    carried = max(outstanding, tally.retries_waiting)
     target: int | None
     if grid:
         n_trials = min(n_trials or waiting, waiting)
-        target = tally.committed + n_trials
+        target = tally.committed + min(carried + n_trials, waiting)
     else:
         if n_trials is None and timeout is None:
             n_trials = DEFAULT_N_TRIALS
-        base = tally.committed + tally.retries_waiting
-        target = None if n_trials is None else base + n_trials
+        target = None if n_trials is None else tally.committed + carried + n_trials
+    deadline = None
+    if timeout:
+        deadline = max(now + timeout, old_deadline if outstanding and old_deadline else 0)
     budget = {
         "target": target,
         "n_trials": n_trials,
-        "deadline": time.time() + timeout if timeout else None,
+        "carried": carried if target is not None else 0,
+        "deadline": deadline,
         "grid": grid,
         "set_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -311,6 +363,19 @@ def _number(study: optuna.Study, trial_id: int) -> int:
     return study._storage.get_trial(trial_id).number
 
 
+class StorageFailure(BaseException):
+    """The storage failed under a trial (disk full, server gone): not the trial's fault, so it
+    must not be caught as a failed trial (Optuna catches Exception); the worker stops with the
+    database's one-line reason instead."""
+
+    def __init__(self, err: Exception):
+        cause = getattr(err, "__cause__", None) or err
+        self.reason = (
+            db_reason(cause) if isinstance(cause, sqlalchemy.exc.SQLAlchemyError) else str(cause)
+        )
+        super().__init__(self.reason)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -344,8 +409,11 @@ def run_trials(
     def trial_fn(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING in the database: others may count and claim now
         current.append(trial._trial_id)
-        trial.set_user_attr(WORKER_ATTR, me)
-        return interrupts.run(objective, trial)
+        try:
+            trial.set_user_attr(WORKER_ATTR, me)
+            return interrupts.run(objective, trial)
+        except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as err:
+            raise StorageFailure(err) from None
 
     every = [*callbacks, lambda s, t: discard(s, t, store)]
     poll = min(2.0, heartbeat.interval)
@@ -400,6 +468,11 @@ def run_trials(
         for trial_id in current:
             requeue(study, trial_id, heartbeat.max_retry)
         raise
+    except StorageFailure as failure:
+        for trial_id in current:  # best effort: the storage may refuse this write too
+            with contextlib.suppress(Exception):
+                requeue(study, trial_id, heartbeat.max_retry)
+        raise ServiceError(f"storage: {failure.reason}") from None
     finally:
         lock.close()
 
@@ -417,7 +490,9 @@ def optimize(
     """Set this run's budget, then run trials in this process: `n_trials` more (default: the
     rest of the grid, or 20). Returns how many trials ran here."""
     with StudyLock(prepared.spec.storage, prepared.spec.study_name):
-        set_budget(study, prepared, n_trials, timeout)
+        budget = set_budget(study, prepared, n_trials, timeout)
+    if budget["carried"] and echo is not None:
+        echo(f"  budget: {budget['carried']} trial(s) left from an earlier run, plus these")
     beat = study_heartbeat(study, heartbeat)
     return run_trials(study, prepared, beat, callbacks, interrupts=interrupts, echo=echo)
 

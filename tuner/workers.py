@@ -175,6 +175,7 @@ def join_study(
     from tuner.study import (
         BUDGET_ATTR,
         load_study,
+        load_vae_study,
         open_study,
         prepare,
         set_budget,
@@ -187,14 +188,13 @@ def join_study(
             new = load_spec(spec_file, {"storage": storage_url, "study_name": study_name})
             made = prepare(new)
             set_budget(open_study(made, heartbeat), made, new.budget.n_trials, new.budget.timeout)
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except KeyError:
+        if study_name not in optuna.get_all_study_names(storage):
             raise UserError(
                 f"no study named {study_name!r} in {mask_url(storage_url)}: start it with "
                 "`vae-tune run SPEC`, or give --spec to create it",
                 "study_name",
-            ) from None
+            )
+        study = load_vae_study(study_name, storage_url, storage=storage)
         stored = study.user_attrs.get("spec")
         if stored is None:
             raise UserError(f"study {study_name!r} was not made by vae-tune (no spec)")
@@ -337,6 +337,7 @@ def run_workers(
     echo(
         f"  {workers} workers ({where}, {threads} torch thread(s) each); budget: "
         + (f"{budget['n_trials']} more trial(s)" if budget["target"] is not None else "")
+        + (f" + {budget['carried']} left from an earlier run" if budget["carried"] else "")
         + (f" within {timeout:g} s" if timeout else "")
     )
     launched = launch(spec, workers, devices, echo, interrupts, heartbeat)

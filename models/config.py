@@ -1,0 +1,19 @@
+"""Typed model configs: each architecture's knobs, their types and ranges, in one place.
+
+A config is a pydantic model, so a bad value (`hidden_dim: -32`, `latent_dim: 0`,
+`cell: "abc"`) is refused with the field's name before any tensor is built, and the tuner
+derives which knobs are searchable, and their checks, from the same fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelConfig(BaseModel):
+    """Knobs every architecture has; subclasses add their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latent_dim: int = Field(16, ge=1, description="size of z")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability in the networks")
