@@ -32,8 +32,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from tuner.cli import app
+from tuner.runner.budget import Tally
 from tuner.storage import mask_url
-from tuner.study import Tally
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 PG_URL = os.environ.get(
@@ -177,7 +177,7 @@ def _states(study: optuna.Study) -> Counter:
 
 
 def test_threads_are_split_between_workers():
-    from tuner.workers import split_threads
+    from tuner.runner.launcher import split_threads
 
     assert split_threads(4, cores=16) == 4
     assert split_threads(3, cores=16) == 5
@@ -381,6 +381,7 @@ def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, c
     states = _states(study)
     assert states["RUNNING"] == 0 and states["FAIL"] >= 1, out
     assert states["WAITING"] == states["FAIL"]  # every interrupted trial is queued to resume
+    _assert_no_orphan_checkpoints(study, tmp_path / "artifacts")
     # the next worker (no spec file: it reads the study) continues the study to its budget
     resumed = cli("worker", "--study-name", name, "--storage", url)
     out = resumed.output
@@ -391,18 +392,46 @@ def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, c
     assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in finished), out
 
 
+def _assert_no_orphan_checkpoints(study: optuna.Study, store: Path) -> None:
+    """Every checkpoint file on disk is the one a trial's `checkpoint` attribute names."""
+    named = {
+        t.user_attrs["checkpoint"]["artifact_id"]
+        for t in study.trials
+        if "checkpoint" in t.user_attrs
+    }
+    on_disk = {p.name for p in store.glob("checkpoint-*")}
+    assert on_disk <= named, on_disk - named
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.3])
+def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay: float):
+    """The signal only sets a flag: whenever it lands (here at and just after a checkpoint
+    write), no checkpoint file is left unrecorded and no trial is left RUNNING."""
+    url, name = f"sqlite:///{tmp_path / 's.db'}", "sig"
+    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
+    _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    time.sleep(delay)
+    run.popen.send_signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    study = _study(url, name)
+    assert _states(study)["RUNNING"] == 0
+    _assert_no_orphan_checkpoints(study, tmp_path / "artifacts")
+
+
 def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     """A worker whose heartbeats were late finds its trial failed and retried by another: it
     stops that trial at the next epoch and goes on (here it runs the retry itself)."""
-    from tuner.storage import retry_callback
+    from tuner.storage import StudyLock, retry_callback
 
     url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
     victim = _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     study = _study(url, name)
-    study._storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # as if stale
-    retry_callback(3)(study, study._storage.get_trial(victim._trial_id))
+    with StudyLock(url, name):  # as a worker's recovery does: fail and queue it at once
+        study._storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # as if stale
+        retry_callback(3)(study, study._storage.get_trial(victim._trial_id))
     code, out = run.wait(), run.output
     assert code == 0, out
     assert "taken over by another worker" in out

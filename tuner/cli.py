@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import shlex
 import sys
 import time
@@ -16,7 +15,8 @@ import typer
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import ServiceError, UserError
-from tuner.spec import DEFAULT_SPEC, DEFAULT_STORAGE, PRUNERS, SAMPLERS
+from tuner.samplers import PRUNERS, SAMPLERS
+from tuner.spec import DEFAULT_SPEC, DEFAULT_STORAGE
 
 app = typer.Typer(
     help="Tune variational autoencoders with Optuna: every trial trains a PyTorch VAE and is "
@@ -194,9 +194,9 @@ def run(
     sqlite:///vae-tune.db. Each trial trains a VAE, reports the validation ELBO every epoch
     and may be pruned; one line is printed per finished trial, then a summary.
     """
+    from tuner.runner.launcher import parse_devices, run_study
     from tuner.spec import load_spec
-    from tuner.storage import StudyLock, mask_url
-    from tuner.study import open_study, optimize, prepare
+    from tuner.storage import Heartbeat, mask_url
 
     _quiet_optuna()
     overrides = {
@@ -213,74 +213,39 @@ def run(
         "dataset.data_dir": data_dir,
     }
     study_spec = load_spec(spec, overrides)
-    prepared = prepare(study_spec)
-    s = prepared.splits
-    typer.echo(
-        f"study {study_spec.study_name!r} in {mask_url(study_spec.storage)}\n"
-        f"  data {study_spec.dataset.name}: {len(s.train)} train / {len(s.val)} validation "
-        f"images of {s.image_shape[0]}x{s.image_shape[1]}; "
-        f"sampler {study_spec.sampler.name}, pruner {study_spec.pruner.name}, "
-        f"{study_spec.training.epochs} epochs max"
-        + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
-    )
-    from tuner.study import study_heartbeat
-    from tuner.workers import (
-        Interrupts,
-        check_shareable,
-        heartbeat_overrides,
-        parse_devices,
-        run_workers,
-    )
-
     device_list = parse_devices(devices)
-    n_workers = workers or max(1, len(device_list))
-    check_shareable(study_spec.storage, n_workers)
-    beat = heartbeat_overrides(heartbeat_interval, heartbeat_grace, max_retry)
-    if n_workers == 1 and device_list:
-        prepared.spec.training.device = device_list[0]
-    with StudyLock(study_spec.storage, study_spec.study_name):
-        study = open_study(prepared, beat)
-    finished: list[int] = []
+    beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
 
-    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
-        finished.append(trial.number)
-        _trial_line(study, trial)
+    def header(prepared: Any, n_workers: int) -> None:
+        s, sp = prepared.splits, prepared.spec
+        typer.echo(
+            f"study {sp.study_name!r} in {mask_url(sp.storage)}\n"
+            f"  data {sp.dataset.name}: {len(s.train)} train / {len(s.val)} validation "
+            f"images of {s.image_shape[0]}x{s.image_shape[1]}; "
+            f"sampler {sp.sampler.name}, pruner {sp.pruner.name}, "
+            f"{sp.training.epochs} epochs max"
+            + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
+        )
 
     started = time.perf_counter()
-    ran, ok = 0, True
-    try:
-        with Interrupts() as interrupts:
-            if n_workers > 1:
-                ran, ok = run_workers(
-                    study,
-                    prepared,
-                    study_spec.budget.n_trials,
-                    study_spec.budget.timeout,
-                    n_workers,
-                    device_list,
-                    study_heartbeat(study),
-                    interrupts,
-                    typer.echo,
-                )
-            else:
-                optimize(
-                    study,
-                    prepared,
-                    study_spec.budget.n_trials,
-                    study_spec.budget.timeout,
-                    callbacks=[progress],
-                    interrupts=interrupts,
-                    echo=typer.echo,
-                )
-    except KeyboardInterrupt:
+    outcome = run_study(
+        study_spec,
+        workers=workers,
+        devices=device_list,
+        heartbeat=beat,
+        on_prepared=header,
+        on_trial=_trial_line,
+        echo=typer.echo,
+    )
+    if outcome.interrupted:
         typer.echo(
             "\ninterrupted: the running trial is marked FAIL and queued to resume from its "
             "last checkpoint; run again to continue."
         )
-        _summary(study, started, ran or len(finished))
-        raise typer.Exit(130) from None
-    _summary(study, started, ran or len(finished))
-    if not ok:
+    _summary(outcome.study, started, outcome.finished)
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if not outcome.ok:
         raise typer.Exit(1)
 
 
@@ -327,22 +292,19 @@ def worker(
     spent waits for running trials, taking over those whose worker dies. Ctrl-C marks the
     running trial FAIL, queues it to resume, and exits 130.
     """
-    from tuner.storage import mask_url
-    from tuner.study import run_trials, worker_name
-    from tuner.workers import Interrupts, heartbeat_overrides, join_study
+    from tuner.runner.interrupts import Interrupts
+    from tuner.runner.worker import Worker, join_study, worker_name
+    from tuner.storage import Heartbeat, mask_url
 
     _quiet_optuna()
-    beat = heartbeat_overrides(heartbeat_interval, heartbeat_grace, max_retry)
+    beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
     me = worker_name()
-
-    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
-        _trial_line(study, trial)
 
     def note(line: str) -> None:
         typer.echo(f"worker {me}: {line}")
 
     with Interrupts() as interrupts:  # from the start: a signal while joining stops cleanly
-        joined = join_study(
+        prepared, heartbeat = join_study(
             study_name,
             storage,
             spec_file=spec,
@@ -351,20 +313,14 @@ def worker(
             artifact_dir=artifact_dir,
             heartbeat=beat,
         )
-        training = joined.prepared.spec.training
+        training = prepared.spec.training
         typer.echo(
             f"worker {me} joined study {study_name!r} in {mask_url(storage)}: device "
             f"{training.device}, {training.threads or 'all'} torch thread(s)"
         )
         try:
-            ran = run_trials(
-                joined.study,
-                joined.prepared,
-                joined.heartbeat,
-                callbacks=[progress],
-                interrupts=interrupts,
-                echo=note,
-            )
+            with Worker(prepared, heartbeat, interrupts) as seat:
+                ran = seat.run([_trial_line], note)
         except KeyboardInterrupt:
             note("interrupted: the running trial is marked FAIL and queued to resume")
             raise typer.Exit(interrupts.exit_code) from None
@@ -435,20 +391,12 @@ def train(
 
     Runs the same code as a tuning trial, so an exported best config reproduces its value.
     """
-    import torch
-
-    from tuner.datasets import load_splits
-    from tuner.files import check_writable, write_atomic
+    from tuner.reproduce import reproduce
     from tuner.spec import RunConfig, read_yaml, validate
-    from tuner.train import eval_targets, evaluate
-    from tuner.train import train as train_run
 
-    if save is not None:
-        check_writable(save, "save")
     data, path = read_yaml(config)
     data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
     run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
-    splits = load_splits(run_config.dataset, run_config.data_seed)
 
     def show(run: Any) -> None:
         r = run.final
@@ -458,19 +406,10 @@ def train(
             f"{r.val.active_units} active units)  {r.examples_per_s:,.0f} ex/s"
         )
 
-    result = train_run(run_config, splits, show)
-    x_test = eval_targets(run_config, splits.test.to(result.device), 2)
-    test = evaluate(
-        result.model, result.likelihood, x_test, run_config.eval_batch_size, run_config.data_seed
-    )
+    done = reproduce(run_config, show, save)
+    test = done.test
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:
-        buffer = io.BytesIO()
-        torch.save(
-            {"config": run_config.model_dump(mode="json"), "state_dict": result.model.state_dict()},
-            buffer,
-        )
-        write_atomic(save, buffer.getvalue(), "save")
         typer.echo(f"saved weights to {save}")
 
 

@@ -18,6 +18,7 @@ from tuner.checkpoint import seed_number
 from tuner.datasets import Splits
 from tuner.diagnostics import iw_nll, save_pictures
 from tuner.search_space import run_config, suggest
+from tuner.seeds import derive
 from tuner.spec import StudySpec
 from tuner.train import Checkpoints, NonFiniteLoss, TrainResult, eval_targets, train
 
@@ -30,10 +31,15 @@ class Objective:
         spec: StudySpec,
         splits: Splits,
         checkpoints_factory: Callable[[optuna.Trial], Checkpoints] | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
     ):
+        """`should_stop` is polled between training batches; True stops the trial's training
+        with `tuner.train.TrainingInterrupted` (a KeyboardInterrupt)."""
         self.spec = spec
         self.splits = splits
         self.checkpoints_factory = checkpoints_factory
+        self.should_stop = should_stop
 
     def __call__(self, trial: optuna.Trial) -> float:
         # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
@@ -61,7 +67,9 @@ class Objective:
 
         checkpoints = self.checkpoints_factory(trial) if self.checkpoints_factory else None
         try:
-            result = train(config, self.splits, on_epoch, checkpoints=checkpoints)
+            result = train(
+                config, self.splits, on_epoch, checkpoints=checkpoints, should_stop=self.should_stop
+            )
         except NonFiniteLoss as err:
             # pruned, not failed: samplers (TPE) then learn to avoid this region
             trial.set_user_attr("stop_reason", str(err))
@@ -72,7 +80,8 @@ class Objective:
         x_val = eval_targets(config, self.splits.val.to(result.device), 1)
         if config.iw_samples:
             k, x_nll = config.iw_samples, x_val[: config.iw_examples]  # val order is random
-            nll = iw_nll(result.model, result.likelihood, x_nll, k, config.data_seed)
+            seed = derive(config.data_seed, "iw-nll")  # the same noise for every trial
+            nll = iw_nll(result.model, result.likelihood, x_nll, k, seed)
             trial.set_user_attr("val_iw_nll", nll)
             trial.set_user_attr("iw_samples", k)
             trial.set_user_attr("iw_examples", len(x_nll))

@@ -9,7 +9,6 @@ written, instead of failing every trial later.
 from __future__ import annotations
 
 import collections.abc
-import hashlib
 import inspect
 import typing
 import warnings
@@ -27,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from tuner.errors import SpecError
+from tuner.seeds import derive
 
 _s, _p = optuna.samplers, optuna.pruners
 SAMPLER_CLASSES: dict[str, type[BaseSampler]] = {
@@ -85,12 +85,6 @@ def _construct(cls: type, options: dict[str, Any], field: str) -> Any:
         raise SpecError(f"bad options for {cls.__name__}: {err}", field) from None
 
 
-def _trial_seed(seed: int, number: int) -> int:
-    """An independent 32-bit seed for trial `number` of a study seeded `seed`."""
-    digest = hashlib.sha256(f"vae-tune sampler {seed} {number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 class TrialSeededSampler(BaseSampler):
     """Draw trial n with a sampler seeded from (study seed, n).
 
@@ -106,7 +100,7 @@ class TrialSeededSampler(BaseSampler):
         self._inner = make(seed)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(_trial_seed(self._seed, trial.number))
+        self._inner = self._make(derive(self._seed, "sampler", trial.number))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(

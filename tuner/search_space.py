@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from tuner.errors import SpecError
+from tuner.seeds import derive
 from tuner.spec import Param, RunConfig, SearchSpace, StudySpec
 
 TOP_LEVEL = (
@@ -57,32 +58,30 @@ def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
     Knobs of an architecture are crossed only with that architecture, so inactive
     conditional parameters never multiply the grid.
     """
-    searched: list[tuple[str, list[Any]]] = []
+    # (Optuna name, searched?, grid values): knobs keep their Param, names are never split
+    searched: list[tuple[str, bool, list[Any]]] = []
     for name in TOP_LEVEL:
         if name != "architecture":
-            searched.append((name, _grid(name, getattr(space, name))))
+            p = getattr(space, name)
+            searched.append((name, p.kind != "fixed", _grid(name, p)))
     points = []
     for arch in _grid("architecture", space.architecture):
-        knobs = [(f"{arch}_{k}", _grid(f"{arch}.{k}", p)) for k, p in space.knobs(arch).items()]
+        knobs = [
+            (f"{arch}_{k}", p.kind != "fixed", _grid(f"{arch}.{k}", p))
+            for k, p in space.knobs(arch).items()
+        ]
         dims = searched + knobs
         if space.architecture.kind != "fixed":
-            dims = [("architecture", [arch])] + dims
-        for combo in itertools.product(*(vals for _, vals in dims)):
-            point = {}
-            for (name, _), value in zip(dims, combo, strict=True):
-                p = _param_for(space, name)
-                if p.kind != "fixed":
-                    point[name] = value
+            dims = [("architecture", True, [arch])] + dims
+        for combo in itertools.product(*(vals for _, _, vals in dims)):
+            point = {
+                name: value
+                for (name, is_searched, _), value in zip(dims, combo, strict=True)
+                if is_searched
+            }
             points.append(point)
     unique = {tuple(sorted(p.items())): p for p in points}
     return list(unique.values())
-
-
-def _param_for(space: SearchSpace, name: str) -> Param:
-    if name in TOP_LEVEL:
-        return getattr(space, name)
-    arch, knob = name.split("_", 1)
-    return space.knobs(arch)[knob]
 
 
 def _grid(path: str, p: Param) -> list[Any]:
@@ -116,7 +115,7 @@ def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -
         iw_samples=spec.training.iw_samples,
         iw_examples=spec.training.iw_examples,
         epochs=spec.training.epochs,
-        seed=spec.seed + trial_number,
+        seed=derive(spec.seed, "trial", trial_number),
         data_seed=spec.seed,
         device=spec.training.device,
         threads=spec.training.threads,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from models import architectures, config_class, parse_config
+from tuner.datasets import dataset_names
 from tuner.errors import SpecError
 from tuner.samplers import PRUNERS, SAMPLERS
 
@@ -253,8 +254,6 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from tuner.datasets import dataset_names
-
         if name not in dataset_names():
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
         return name

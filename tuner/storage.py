@@ -10,6 +10,7 @@ the study's trials and claim the next one (so the budget is exact, see `tuner.st
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import re
 import threading
@@ -124,6 +125,21 @@ class Heartbeat:
         return asdict(self)
 
     @classmethod
+    def overrides(
+        cls, interval: int | None, grace: int | None, max_retry: int | None
+    ) -> dict[str, int]:
+        """Settings given on the command line (None: keep the study's), checked now, before
+        anything is written."""
+        given = {"interval": interval, "grace": grace, "max_retry": max_retry}
+        chosen = {k: v for k, v in given.items() if v is not None}
+        defaults = cls().to_dict()
+        if chosen.get("interval", defaults["interval"]) >= defaults["grace"]:
+            # a long interval alone: scale the grace with it (Optuna's default is 2 intervals)
+            chosen.setdefault("grace", 3 * chosen["interval"])
+        cls.from_dict({**defaults, **chosen})
+        return chosen
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Heartbeat:
         return cls(
             **{
@@ -142,6 +158,15 @@ def retry_callback(max_retry: int) -> Callable[[optuna.Study, Any], None]:
         return optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=max_retry, inherit_intermediate_values=True
         )
+
+
+def use_heartbeat(storage: optuna.storages.RDBStorage, beat: Heartbeat) -> None:
+    """Switch an opened storage to these heartbeat settings (public attributes of Optuna's
+    RDBStorage, as its constructor sets them)."""
+    storage.heartbeat_interval = beat.interval
+    storage.grace_period = beat.grace
+    storage.heartbeat_stale_trial_callback = retry_callback(beat.max_retry)
+    storage.failed_trial_callback = storage.heartbeat_stale_trial_callback
 
 
 def open_storage(
@@ -323,3 +348,20 @@ class StudyLock:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def db_now(storage: optuna.storages.BaseStorage) -> float:
+    """Now, in seconds since the epoch, on the database's clock (so deadlines agree across
+    hosts whose clocks differ); this host's clock for storages without an engine."""
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return time.time()
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":  # UTC text with second resolution; add the fraction
+            text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+            now = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+        else:
+            now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+            if now.tzinfo is None:  # MySQL: the session's time zone, UTC by default
+                now = now.replace(tzinfo=dt.timezone.utc)
+    return now.timestamp()

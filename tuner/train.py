@@ -21,6 +21,7 @@ from models.likelihoods import Likelihood, build_likelihood
 from models.losses import gaussian_kl, gaussian_kl_per_dim
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
+from tuner.seeds import derive
 from tuner.spec import RunConfig
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
@@ -29,6 +30,12 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf: the run stops at once with this reason."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """`should_stop` asked the run to stop. Raised between batches (never during a checkpoint
+    save), so the checkpoints hold complete epochs only and a retry resumes from the last one.
+    A KeyboardInterrupt, so callers that handle Ctrl-C handle this the same way."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +109,25 @@ def binarized(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def eval_targets(config: RunConfig, x: torch.Tensor, offset: int) -> torch.Tensor:
-    """Validation (offset 1) and test (offset 2) images as the likelihood scores them."""
+    """Validation (offset 1) and test (offset 2) images as the likelihood scores them: one
+    fixed binarization per split, from the data seed, so values compare across trials."""
     if config.likelihood.binarize == "none":
         return x
-    return binarized(x, config.data_seed + offset)
+    return binarized(x, derive(config.data_seed, "eval-binarization", offset))
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The global RNG states a run draws from (dropout, weight init), as CPU byte tensors."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    """Restore `_rng_state`; the CUDA state goes to the training device (a retry may run on
+    another GPU than the run it resumes)."""
+    torch.set_rng_state(state["cpu"].to("cpu", torch.uint8))
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
 
 
 @torch.no_grad()
@@ -149,14 +171,22 @@ def train(
     splits: Splits | None = None,
     on_epoch: Callable[[TrainResult], None] | None = None,
     checkpoints: Checkpoints | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train the configured VAE; `on_epoch` sees the run after each epoch and may raise to stop."""
+    """Train the configured VAE; `on_epoch` sees the run after each epoch and may raise to stop.
+
+    `should_stop` is called between batches (a plain call: keep it cheap, e.g. read a flag set
+    by a signal handler); when it returns True the run raises TrainingInterrupted, leaving the
+    unfinished epoch unsaved. Resuming from `checkpoints` is bit-exact: they hold every random
+    state the run draws from (the global CPU/CUDA RNGs used by dropout, the run's generator).
+    """
     run_started = time.perf_counter()
     device = resolve_device(config.device)
     set_threads(config.threads)
     if splits is None:
         splits = load_splits(config.dataset, config.data_seed)
-    torch.manual_seed(config.seed)
+    # seeds every global RNG torch has (CPU and all CUDA devices): weight init, then dropout
+    torch.manual_seed(derive(config.seed, "init-dropout"))
     try:
         model = build_model(config.model, splits.image_shape).to(device)
     except (TypeError, ValueError) as err:
@@ -167,10 +197,12 @@ def train(
     params = [*model.parameters(), *likelihood.parameters()]
     optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(config, optimizer)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
+    # the run's own stream: shuffling, dynamic binarization, reparameterization noise
+    gen = torch.Generator(device=device).manual_seed(derive(config.seed, "training"))
+    val_seed = derive(config.data_seed, "val-noise")  # the same for every trial of a study
     x_train = splits.train.to(device)
     if lik.binarize == "static":
-        x_train = binarized(x_train, config.data_seed)
+        x_train = binarized(x_train, derive(config.data_seed, "train-binarization"))
     dynamic = lik.binarize == "dynamic"
     x_val = eval_targets(config, splits.val.to(device), 1)
     result = TrainResult(model, likelihood, device, sum(p.numel() for p in params))
@@ -180,6 +212,7 @@ def train(
     warmup_steps = config.warmup_epochs * steps_per_epoch
     free_bits, clip = config.free_bits, config.grad_clip
     step, train_seconds, first_epoch = 0, 0.0, 1
+    rng = _rng_state(device)  # after weight init: where epoch 1 starts
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -187,18 +220,25 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
+        gen.set_state(state["generator"].to("cpu", torch.uint8))
+        if state.get("rng") is not None:  # older checkpoints lack it: resumed, not bit-exact
+            rng = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
         result.history = [_epoch_from_dict(h) for h in state["history"]]
         first_epoch = state["epoch"] + 1
         result.resumed_from_epoch = state["epoch"]
     for epoch in range(first_epoch, config.epochs + 1):
+        # every epoch starts from the RNG state saved with the previous one, resumed or not,
+        # so whatever `on_epoch` draws from the global RNG cannot make the two runs differ
+        _set_rng_state(rng, device)
         started = time.perf_counter()
         shuffled = x_train[torch.randperm(n, device=device, generator=gen)]
         if dynamic:  # fresh binary images every epoch
             shuffled = torch.bernoulli(shuffled, generator=gen)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, n, bs):
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
             xb = shuffled[start : start + bs]
             step += 1
             weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
@@ -214,13 +254,14 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             loss_sum += loss.detach() * len(xb)
+        rng = _rng_state(device)  # where training left the global RNGs: the next epoch's start
         if scheduler is not None:
             scheduler.step()
         train_loss = loss_sum.item() / n  # the one sync per epoch
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(model, likelihood, x_val, config.eval_batch_size, config.data_seed)
+        val = evaluate(model, likelihood, x_val, config.eval_batch_size, val_seed)
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started
@@ -236,6 +277,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "generator": gen.get_state(),
+                    "rng": rng,
                     "step": step,
                     "train_seconds": train_seconds,
                     "history": [asdict(h) for h in result.history],

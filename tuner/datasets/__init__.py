@@ -10,15 +10,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from tuner.spec import DatasetSpec
+from tuner.datasets.arrays import load_array
+from tuner.datasets.mnist_family import load_mnist_family
+from tuner.seeds import derive
 
-Loader = Callable[["DatasetSpec"], tuple[np.ndarray, "np.ndarray | None"]]
+
+class DatasetChoice(Protocol):
+    """Which dataset and how to split it (`tuner.spec.DatasetSpec` is one)."""
+
+    name: str
+    data_dir: str | None
+    path: str | None
+    key: str | None
+    val_fraction: float
+    test_fraction: float
+    subset: int | None
+    download: bool
+
+
+Loader = Callable[[DatasetChoice], tuple[np.ndarray, "np.ndarray | None"]]
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -45,10 +60,11 @@ class Splits:
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
 
 
-def load_splits(spec: DatasetSpec, seed: int) -> Splits:
+def load_splits(spec: DatasetChoice, seed: int) -> Splits:
     """Load a dataset by name and split it deterministically from `seed`."""
+
     pool, test = _LOADERS[spec.name](spec)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "split"))  # a stream of its own (tuner.seeds)
     order = rng.permutation(len(pool))
     if test is None:  # no official test split: carve one out first
         n_test = max(1, round(len(pool) * spec.test_fraction))
@@ -63,7 +79,7 @@ def load_splits(spec: DatasetSpec, seed: int) -> Splits:
 
 
 @register("digits")
-def _digits(spec: DatasetSpec) -> tuple[np.ndarray, None]:
+def _digits(spec: DatasetChoice) -> tuple[np.ndarray, None]:
     """scikit-learn's 1,797 8x8 handwritten digits (ship inside scikit-learn: no download)."""
     from sklearn.datasets import load_digits
 
@@ -76,9 +92,7 @@ def _local(path: str | None) -> Path | None:
 
 
 def _mnist_loader(name: str) -> Loader:
-    def load(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-        from tuner.datasets.mnist_family import load_mnist_family
-
+    def load(spec: DatasetChoice) -> tuple[np.ndarray, np.ndarray]:
         return load_mnist_family(name, _local(spec.data_dir), download=spec.download)
 
     load.__doc__ = f"{name}: 28x28 IDX files from --data-dir, else downloaded once to the cache."
@@ -90,8 +104,6 @@ for _name in ("mnist", "fashion-mnist", "kmnist"):
 
 
 @register("array")
-def _array(spec: DatasetSpec) -> tuple[np.ndarray, None]:
+def _array(spec: DatasetChoice) -> tuple[np.ndarray, None]:
     """The user's own images: a .npy/.npz file of N x H x W (or N x D) arrays."""
-    from tuner.datasets.arrays import load_array
-
     return load_array(_local(spec.path), spec.key), None
