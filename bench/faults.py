@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
 import yaml
 from optuna.trial import TrialState
+
+from tuner.storage import unreachable
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 PG_URL = os.environ.get(
@@ -179,17 +180,6 @@ def scenario(url: str, root: Path, grid: bool, kills: int, workers: int, n_trial
     return result
 
 
-def postgres_answers() -> bool:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def table(backend: str, rand: dict[str, Any], grid: dict[str, Any], workers: int) -> str:
     g_points = 12
     rows = [
@@ -229,7 +219,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12, help="budget of the random study")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pg = postgres_answers()
+    pg = unreachable(PG_URL) is None
     backends = {"auto": ["postgres" if pg else "sqlite"], "both": ["postgres", "sqlite"]}.get(
         args.backend, [args.backend]
     )

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class ModelConfig(BaseModel):
     """Knobs every architecture has; subclasses add their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     latent_dim: int = Field(16, ge=1, description="size of z")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability in the networks")

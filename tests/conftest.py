@@ -8,27 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from support import TINY_SPEC, merge
 from typer.testing import CliRunner
 
 from tuner.cli import app
-
-TINY_SPEC: dict[str, Any] = {
-    "study_name": "tiny",
-    "seed": 0,
-    "dataset": {"name": "digits", "subset": 300},
-    "search_space": {
-        "architecture": "mlp",
-        "latent_dim": {"low": 2, "high": 8, "log": True, "grid": [2, 4]},
-        "beta": {"low": 0.5, "high": 2.0, "log": True, "grid": [0.5, 1.0]},
-        "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [3.0e-3, 1.0e-2]},
-        "batch_size": 64,
-        "mlp": {"hidden_dim": 32, "depth": 1},
-    },
-    "training": {"epochs": 2, "device": "cpu", "threads": 1},
-    "sampler": {"name": "random"},
-    "pruner": {"name": "none"},
-    "budget": {"n_trials": 2},
-}
 
 
 @pytest.fixture
@@ -49,16 +32,6 @@ def write_spec(tmp_path: Path, db_url: str):
         return path
 
     return write
-
-
-def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `changes` into the spec dict `base` (nested dicts merge, values replace)."""
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 @pytest.fixture

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import optuna
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import free_port, get_json
 
 
 def _serve(db_url: str):
-    port = _free_port()
+    port = free_port()
     cli = Path(sys.executable).with_name("vae-tune")
     proc = subprocess.Popen(
         [str(cli), "dashboard", "--storage", db_url, "--port", str(port)],
@@ -31,15 +23,9 @@ def _serve(db_url: str):
 
 
 def _get_json(proc, url: str):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.3)
-    raise AssertionError(f"no answer from {url} within 60 s")
+    body = get_json(url, timeout=60, alive=lambda: proc.poll() is None)
+    assert body is not None, f"no answer from {url} within 60 s"
+    return body
 
 
 def test_dashboard_api_lists_each_trials_pictures(cli, write_spec, db_url):

@@ -16,7 +16,7 @@ BAD_SPECS = [
         "search_space.likelihood",
     ),
     ({"likelihood": {"name": "gaussian", "binarize": "dynamic"}}, "likelihood.binarize"),
-    ({"search_space": {"dropout": {"low": 0.0, "high": 1.5}}}, "search_space.dropout.low"),
+    ({"search_space": {"dropout": {"low": 0.0, "high": 1.5}}}, "search_space.dropout.high"),
     ({"search_space": {"optimizer": {"choices": ["adam", "sgd"]}}}, "search_space.optimizer"),
     ({"typo_key": 1}, "typo_key"),
     ({"training": {"epochs": "many"}}, "training.epochs"),

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -24,21 +23,16 @@ from typing import Any
 
 import optuna
 import pytest
-import sqlalchemy
 import torch
 import yaml
-from conftest import TINY_SPEC, merge
 from optuna.trial import TrialState
+from support import TINY_SPEC, free_port, get_json, merge, postgres_url
 from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.runner.budget import Tally
-from tuner.storage import mask_url
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
-PG_URL = os.environ.get(
-    "VAE_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
 
 # tiny trials (a fraction of a second): budget and grid bookkeeping
@@ -64,20 +58,6 @@ SLOW_CHANGES: dict[str, Any] = {
 }
 
 
-def _postgres_url() -> str:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as err:  # noqa: BLE001 - any failure means "no server here"
-        reason = f"no PostgreSQL answers at {mask_url(PG_URL)} ({type(err).__name__})"
-        if os.environ.get("VAE_TUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
-        pytest.skip(reason)
-    return PG_URL
-
-
 def _unique_study(url: str):
     """A study name of its own on `url`; the study is deleted afterwards."""
     name = f"w-{uuid.uuid4().hex[:10]}"
@@ -91,13 +71,13 @@ def _unique_study(url: str):
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def backend(request, tmp_path: Path):
     """(storage URL, unique study name) on each backend."""
-    url = _postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    url = postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
     yield from _unique_study(url)
 
 
 @pytest.fixture
 def postgres(tmp_path: Path):
-    yield from _unique_study(_postgres_url())
+    yield from _unique_study(postgres_url())
 
 
 def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
@@ -286,16 +266,16 @@ def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
     spec = _spec(tmp_path, url, name)
     dashboard, reads = None, 0
     if url.startswith("sqlite"):
-        port = _free_port()
+        port = free_port()
         api = f"http://127.0.0.1:{port}/api/studies"
         optuna.storages.RDBStorage(url)  # an empty database: the dashboard never creates one
         dashboard = Proc(tmp_path, "dashboard", "--storage", url, "--port", str(port))
-        _wait_for(lambda: _get_json(api) is not None, 60, "the dashboard")
+        _wait_for(lambda: get_json(api) is not None, 60, "the dashboard")
     try:
         run = Proc(tmp_path, "run", spec, "--workers", str(workers), "--n-trials", "7")
         while run.popen.poll() is None:
             if dashboard is not None:
-                body = _get_json(api)
+                body = get_json(api)
                 reads += bool(body and body["study_summaries"])
             time.sleep(0.2)
         code, out = run.wait(), run.output
@@ -306,7 +286,7 @@ def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
         assert _states(study) == {"COMPLETE": 7}, out
         assert study.user_attrs["budget"]["target"] == 7
         if dashboard is not None:  # it read the live study, and still answers
-            assert reads > 0 and _get_json(api)["study_summaries"][0]["study_name"] == name
+            assert reads > 0 and get_json(api)["study_summaries"][0]["study_name"] == name
         again = cli("run", spec, "--n-trials", "2")  # the same budget rule, one process
         assert again.exit_code == 0, again.output
         assert _states(_study(url, name)) == {"COMPLETE": 9}, again.output
@@ -497,19 +477,3 @@ def _worker_cmdlines(name: str) -> list[str]:
         if "tuner.cli worker" in cmd and name in cmd:
             found.append(cmd)
     return found
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None

@@ -14,9 +14,9 @@ import optuna
 import typer
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.defaults import DEFAULT_SPEC, DEFAULT_STORAGE
 from tuner.errors import ServiceError, UserError
 from tuner.samplers import PRUNERS, SAMPLERS
-from tuner.spec import DEFAULT_SPEC, DEFAULT_STORAGE
 
 app = typer.Typer(
     help="Tune variational autoencoders with Optuna: every trial trains a PyTorch VAE and is "

@@ -14,22 +14,10 @@ import optuna
 
 from tuner.errors import SpecError
 from tuner.seeds import derive
-from tuner.spec import Param, RunConfig, SearchSpace, StudySpec
+from tuner.spec import MODEL_KNOBS, TRAINING_KNOBS, Param, RunConfig, SearchSpace, StudySpec
 
-TOP_LEVEL = (
-    "architecture",
-    "latent_dim",
-    "beta",
-    "lr",
-    "batch_size",
-    "warmup_epochs",
-    "free_bits",
-    "dropout",
-    "weight_decay",
-    "optimizer",
-    "lr_schedule",
-    "grad_clip",
-)
+# the hyperparameters every trial has, named as in the spec; derived from the typed configs
+TOP_LEVEL = ("architecture", *MODEL_KNOBS, *TRAINING_KNOBS)
 
 
 def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
@@ -48,7 +36,7 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     values = {name: _suggest(trial, name, getattr(space, name)) for name in TOP_LEVEL}
     arch = values["architecture"]
     for knob, p in space.knobs(arch).items():
-        values[f"{arch}_{knob}"] = _suggest(trial, f"{arch}_{knob}", p)
+        values[knob_name(arch, knob)] = _suggest(trial, knob_name(arch, knob), p)
     return values
 
 
@@ -67,7 +55,7 @@ def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
     points = []
     for arch in _grid("architecture", space.architecture):
         knobs = [
-            (f"{arch}_{k}", p.kind != "fixed", _grid(f"{arch}.{k}", p))
+            (knob_name(arch, k), p.kind != "fixed", _grid(f"{arch}.{k}", p))
             for k, p in space.knobs(arch).items()
         ]
         dims = searched + knobs
@@ -93,24 +81,22 @@ def _grid(path: str, p: Param) -> list[Any]:
     return values
 
 
+def knob_name(architecture: str, knob: str) -> str:
+    """The Optuna parameter of an architecture's knob (conditional: exists only in trials of
+    that architecture). Never split again: the config name comes from the space."""
+    return f"{architecture}_{knob}"
+
+
 def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -> RunConfig:
     """The full training config of one trial: spec settings plus the sampled values."""
     arch = values["architecture"]
-    model = {"architecture": arch, "latent_dim": values["latent_dim"], "dropout": values["dropout"]}
-    prefix = f"{arch}_"
-    model.update({k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
+    model = {"architecture": arch, **{k: values[k] for k in MODEL_KNOBS}}
+    for knob in spec.search_space.knobs(arch):
+        model[knob] = values[knob_name(arch, knob)]
     return RunConfig(
         dataset=spec.dataset,
         model=model,
-        beta=values["beta"],
-        lr=values["lr"],
-        batch_size=values["batch_size"],
-        warmup_epochs=values["warmup_epochs"],
-        free_bits=values["free_bits"],
-        weight_decay=values["weight_decay"],
-        optimizer=values["optimizer"],
-        lr_schedule=values["lr_schedule"],
-        grad_clip=values["grad_clip"],
+        **{k: values[k] for k in TRAINING_KNOBS},
         likelihood=spec.likelihood,
         iw_samples=spec.training.iw_samples,
         iw_examples=spec.training.iw_examples,

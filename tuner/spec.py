@@ -9,23 +9,30 @@ touches the database.
 from __future__ import annotations
 
 import json
-import math
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from models import architectures, config_class, parse_config
+from models.config import ModelConfig
 from tuner.datasets import dataset_names
+from tuner.defaults import DEFAULT_STORAGE
 from tuner.errors import SpecError
 from tuner.samplers import PRUNERS, SAMPLERS
 
-DEFAULT_STORAGE = "sqlite:///vae-tune.db"
-DEFAULT_SPEC = "quickstart"
 Scalar = bool | int | float | str
 # Optuna's RDB storage keeps study names in a VARCHAR(512); control characters (newlines) would
 # break every table and shell line that shows the name
@@ -122,43 +129,57 @@ def _param(default: Any) -> Any:
     return Field(default_factory=lambda: Param.model_validate(default))
 
 
-# name -> (python type, minimum, minimum is exclusive, maximum exclusive or None)
-_NUMERIC_RULES: dict[str, tuple[type, float, bool, float | None]] = {
-    "latent_dim": (int, 1, False, None),
-    "beta": (float, 0, True, None),
-    "lr": (float, 0, True, None),
-    "batch_size": (int, 1, False, None),
-    "warmup_epochs": (int, 0, False, None),
-    "free_bits": (float, 0, False, None),
-    "dropout": (float, 0, False, 1.0),
-    "weight_decay": (float, 0, False, None),
-    "grad_clip": (float, 0, False, None),
-}
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("none", "cosine", "step")
-_CHOICE_RULES = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
+class TrainingKnobs(_Strict):
+    """Training hyperparameters a study can search. Each is one field here: its type, range
+    and default; the search space, its checks and the run config all derive from them (a new
+    knob is one field, plus the code that uses it)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    beta: float = Field(1.0, gt=0, description="weight of the KL term in the training loss")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    batch_size: int = Field(64, ge=1)
+    warmup_epochs: int = Field(0, ge=0, description="linear KL warm-up from 0 to beta")
+    free_bits: float = Field(0.0, ge=0, description="per-dimension KL floor in the loss, nats")
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"  # names of torch.optim classes, lower case
+    lr_schedule: Literal["none", "cosine", "step"] = "none"
+    grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = no clipping")
 
 
-class SearchSpace(_Strict):
-    """What a trial samples. Top-level hyperparameters, then one block of knobs per architecture
-    (only the block of the sampled architecture is active in a trial)."""
+TRAINING_KNOBS = tuple(TrainingKnobs.model_fields)
+MODEL_KNOBS = tuple(ModelConfig.model_fields)  # every architecture has them (latent_dim, ...)
 
-    latent_dim: Param = _param({"low": 2, "high": 32, "log": True})
-    beta: Param = _param(1.0)
-    lr: Param = _param(1e-3)
-    batch_size: Param = _param(64)
-    warmup_epochs: Param = _param(0)
-    free_bits: Param = _param(0.0)  # per-dimension KL floor in the training loss, nats
-    dropout: Param = _param(0.0)
-    weight_decay: Param = _param(0.0)
-    optimizer: Param = _param("adam")
-    lr_schedule: Param = _param("none")
-    grad_clip: Param = _param(0.0)  # max gradient norm; 0 = no clipping
-    architecture: Param = _param("mlp")
-    mlp: dict[str, Param] = Field(default_factory=dict)
-    conv: dict[str, Param] = Field(default_factory=dict)
-    rnn: dict[str, Param] = Field(default_factory=dict)
-    hybrid: dict[str, Param] = Field(default_factory=dict)
+
+def _value_error(model: type[BaseModel], name: str, value: Any) -> str | None:
+    """Why `value` is not a valid `name` of the typed config `model` (None: it is)."""
+    if isinstance(value, bool) and model.model_fields[name].annotation is not bool:
+        return f"expected a {name} value, got {value!r}"
+    try:
+        model.model_validate({name: value})
+    except ValidationError as err:
+        return f"{err.errors()[0]['msg'].removeprefix('Value error, ')}, got {value!r}"
+    return None
+
+
+def _check(path: str, param: Param, model: type[BaseModel], name: str) -> None:
+    """Every value `param` can take (bounds, choices, grid) must be valid for the field."""
+    if param.kind == "fixed":
+        labelled = [("value", param.value)]
+    elif param.kind == "categorical":
+        labelled = [("choices", v) for v in param.choices or []]
+    else:
+        labelled = [("low", param.low), ("high", param.high)]
+    labelled += [("grid", v) for v in param.grid or []]
+    for label, value in labelled:
+        problem = _value_error(model, name, value)
+        if problem:
+            raise _fail(f"{path}.{label}", problem)
+
+
+class _SearchSpaceBase(_Strict):
+    """What a trial samples: every training and shared model knob, `architecture`, then one
+    block of knobs per architecture (only the sampled architecture's block is active)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -173,64 +194,45 @@ class SearchSpace(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _domains(self) -> SearchSpace:
-        for name, (typ, minimum, exclusive, maximum) in _NUMERIC_RULES.items():
-            param: Param = getattr(self, name)
-            _check_numeric(name, param, typ, minimum, exclusive, maximum)
-        for name, allowed in _CHOICE_RULES.items():
-            for v in getattr(self, name).values():
-                if v not in allowed:
-                    raise _fail(name, f"unknown {name} {v!r}; known: {', '.join(allowed)}")
+    def _domains(self) -> _SearchSpaceBase:
         for arch in self.architecture.values():
             if arch not in architectures():
                 raise _fail(
                     "architecture", f"unknown architecture {arch!r}; known: {architectures()}"
                 )
+        for name in MODEL_KNOBS:
+            _check(name, getattr(self, name), ModelConfig, name)
+        for name in TRAINING_KNOBS:
+            _check(name, getattr(self, name), TrainingKnobs, name)
         for arch in architectures():
-            fields = config_class(arch).model_fields
-            known = set(fields) - {"latent_dim", "dropout"}
+            config = config_class(arch)
+            known = sorted(set(config.model_fields) - set(MODEL_KNOBS))
             for knob, param in self.knobs(arch).items():
                 if knob not in known:
-                    raise _fail(f"{arch}.{knob}", f"unknown {arch} knob; known: {sorted(known)}")
-                field = {"fixed": "value", "categorical": "choices"}.get(param.kind, "low")
-                for v in param.values() + list(param.grid or []):
-                    problem = _model_field_error(arch, knob, v)
-                    if problem:
-                        raise _fail(f"{arch}.{knob}.{field}", problem)
+                    raise _fail(f"{arch}.{knob}", f"unknown {arch} knob; known: {known}")
+                _check(f"{arch}.{knob}", param, config, knob)
         return self
 
     def knobs(self, architecture: str) -> dict[str, Param]:
+        """The searched knobs of one architecture, by their config names."""
         return getattr(self, architecture, None) or {}
 
 
-def _model_field_error(architecture: str, knob: str, value: Any) -> str | None:
-    """Why `value` is not a valid `knob` of the architecture's typed config (None: it is)."""
-    try:
-        config_class(architecture).model_validate({knob: value})
-    except ValidationError as err:
-        return f"{err.errors()[0]['msg']}, got {value!r}"
-    return None
+def _search_space_fields() -> dict[str, Any]:
+    """A Param per knob, defaulting to the config's own default (a fixed value), and a block
+    per registered architecture: models added to the registry are searchable as they are."""
+    fields: dict[str, Any] = {"architecture": (Param, _param("mlp"))}
+    for model, names in ((ModelConfig, MODEL_KNOBS), (TrainingKnobs, TRAINING_KNOBS)):
+        for name in names:
+            fields[name] = (Param, _param(model.model_fields[name].default))
+    for arch in architectures():
+        fields[arch] = (dict[str, Param], Field(default_factory=dict))
+    return fields
 
 
-def _check_numeric(
-    path: str,
-    param: Param,
-    typ: type,
-    minimum: float,
-    exclusive: bool,
-    maximum: float | None = None,
-) -> None:
-    field = {"fixed": "value", "categorical": "choices"}.get(param.kind, "low")
-    for v in param.values() + list(param.grid or []):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _fail(f"{path}.{field}", f"expected a number, got {v!r}")
-        if typ is int and not float(v).is_integer():
-            raise _fail(f"{path}.{field}", f"expected an integer, got {v!r}")
-        if not math.isfinite(v) or v < minimum or (exclusive and v == minimum):
-            bound = f"> {minimum}" if exclusive else f">= {minimum}"
-            raise _fail(f"{path}.{field}", f"must be {bound}, got {v!r}")
-        if maximum is not None and v >= maximum:
-            raise _fail(f"{path}.{field}", f"must be < {maximum}, got {v!r}")
+SearchSpace = create_model(
+    "SearchSpace", __base__=_SearchSpaceBase, __module__=__name__, **_search_space_fields()
+)
 
 
 class DatasetSpec(_Strict):
@@ -337,21 +339,12 @@ class StudySpec(_Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
 
 
-class RunConfig(_Strict):
+class RunConfig(TrainingKnobs):
     """One fully resolved training run: what a trial trains and what `vae-tune train` reruns."""
 
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
     model: dict[str, Any] = Field(default_factory=lambda: {"architecture": "mlp"})
-    beta: float = Field(1.0, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    warmup_epochs: int = Field(0, ge=0)
-    free_bits: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
-    lr_schedule: Literal[LR_SCHEDULES] = "none"  # type: ignore[valid-type]
-    grad_clip: float = Field(0.0, ge=0)
     iw_samples: int = Field(100, ge=0)
     iw_examples: int = Field(1000, ge=1)
     epochs: int = Field(10, ge=1)

@@ -365,3 +365,17 @@ def db_now(storage: optuna.storages.BaseStorage) -> float:
             if now.tzinfo is None:  # MySQL: the session's time zone, UTC by default
                 now = now.replace(tzinfo=dt.timezone.utc)
     return now.timestamp()
+
+
+def unreachable(url: str, timeout_s: int = 3) -> str | None:
+    """Why the database at `url` does not answer (None: it does), credentials masked; for
+    tests and benchmarks that need a server, and for messages that say which one is down."""
+    kwargs = {"connect_args": {"connect_timeout": timeout_s}} if "postgres" in url else {}
+    try:
+        engine = sqlalchemy.create_engine(url, **kwargs)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - any failure means "does not answer"
+        return f"no database answers at {mask_url(url)} ({type(err).__name__})"
+    return None

@@ -8,7 +8,6 @@ copy, and the host reads a value back once per epoch (loss check, validation), n
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,11 +20,16 @@ from models.likelihoods import Likelihood, build_likelihood
 from models.losses import gaussian_kl, gaussian_kl_per_dim
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
+from tuner.hardware import available_cores
 from tuner.seeds import derive
 from tuner.spec import RunConfig
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The torch.optim class a spec names in lower case (`adamw` -> torch.optim.AdamW)."""
+    return next(getattr(torch.optim, c) for c in dir(torch.optim) if c.lower() == name)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -96,10 +100,7 @@ def resolve_device(name: str) -> torch.device:
 
 def set_threads(threads: int) -> None:
     """Use `threads` intra-op threads; 0 means one per core this process may run on."""
-    if not threads:
-        affinity = getattr(os, "sched_getaffinity", None)
-        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or available_cores())
 
 
 def binarized(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -195,7 +196,9 @@ def train(
     likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
     likelihood = likelihood.to(device)
     params = [*model.parameters(), *likelihood.parameters()]
-    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_class(config.optimizer)(
+        params, lr=config.lr, weight_decay=config.weight_decay
+    )
     scheduler = _scheduler(config, optimizer)
     # the run's own stream: shuffling, dynamic binarization, reparameterization noise
     gen = torch.Generator(device=device).manual_seed(derive(config.seed, "training"))

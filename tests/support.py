@@ -1,0 +1,79 @@
+"""Helpers the tests share: the tiny spec, a deep merge, free ports, JSON over HTTP, and the
+PostgreSQL server the PostgreSQL tests need."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tuner.storage import unreachable
+
+PG_URL = os.environ.get(
+    "VAE_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+TINY_SPEC: dict[str, Any] = {
+    "study_name": "tiny",
+    "seed": 0,
+    "dataset": {"name": "digits", "subset": 300},
+    "search_space": {
+        "architecture": "mlp",
+        "latent_dim": {"low": 2, "high": 8, "log": True, "grid": [2, 4]},
+        "beta": {"low": 0.5, "high": 2.0, "log": True, "grid": [0.5, 1.0]},
+        "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [3.0e-3, 1.0e-2]},
+        "batch_size": 64,
+        "mlp": {"hidden_dim": 32, "depth": 1},
+    },
+    "training": {"epochs": 2, "device": "cpu", "threads": 1},
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+    "budget": {"n_trials": 2},
+}
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `changes` into the spec dict `base` (nested dicts merge, values replace)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 0, alive: Any = None) -> Any:
+    """GET `url` as JSON; with `timeout`, retry until it answers (asserting `alive()` holds
+    meanwhile); None if it does not answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            if time.monotonic() >= deadline:
+                return None
+            if alive is not None:
+                assert alive(), f"the server of {url} exited"
+            time.sleep(0.3)
+
+
+def postgres_url() -> str:
+    """The test server's URL; skip (or fail, with VAE_TUNE_REQUIRE_POSTGRES=1) without one."""
+    reason = unreachable(PG_URL)
+    if reason:
+        if os.environ.get("VAE_TUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
+        pytest.skip(reason)
+    return PG_URL
