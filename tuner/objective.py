@@ -52,6 +52,7 @@ class Objective:
             r = run.final
             if r.epoch == 1:
                 trial.set_user_attr("device", str(run.device))
+                trial.set_user_attr("precision", run.precision)
                 trial.set_user_attr("num_parameters", run.num_parameters)
             trial.report(r.val.elbo, r.epoch)
             trial.set_user_attr("epochs_run", r.epoch)

@@ -104,6 +104,7 @@ def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -
         seed=derive(spec.seed, "trial", trial_number),
         data_seed=spec.seed,
         device=spec.training.device,
+        precision=spec.training.precision,
         threads=spec.training.threads,
         eval_batch_size=spec.training.eval_batch_size,
     )

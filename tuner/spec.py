@@ -287,9 +287,15 @@ def _check_device(device: str) -> str:
     return device
 
 
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(10, ge=1)
     device: str = "auto"
+    precision: Precision = Field(
+        "auto", description="training-step arithmetic; auto = bf16 where the hardware is fast"
+    )
     threads: int = Field(0, ge=0, description="torch threads; 0 = one per available core")
     eval_batch_size: int = Field(1024, ge=1)
     iw_samples: int = Field(100, ge=0, description="k of the validation IW-NLL; 0 = skip")
@@ -351,6 +357,7 @@ class RunConfig(TrainingKnobs):
     seed: int = 0
     data_seed: int = 0
     device: str = "auto"
+    precision: Precision = "auto"  # the training step only: evaluation is always fp32
     threads: int = Field(0, ge=0)
     eval_batch_size: int = Field(1024, ge=1)
     source: dict[str, Any] | None = Field(None, description="study, trial and value it came from")

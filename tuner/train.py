@@ -20,7 +20,7 @@ from models.likelihoods import Likelihood, build_likelihood
 from models.losses import gaussian_kl, gaussian_kl_per_dim
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
-from tuner.hardware import available_cores
+from tuner.hardware import available_cores, resolve_precision
 from tuner.seeds import derive
 from tuner.spec import RunConfig
 
@@ -30,6 +30,16 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The torch.optim class a spec names in lower case (`adamw` -> torch.optim.AdamW)."""
     return next(getattr(torch.optim, c) for c in dir(torch.optim) if c.lower() == name)
+
+
+def make_optimizer(name: str, params: list, **options: Any) -> torch.optim.Optimizer:
+    """The optimizer, fused (one kernel for all parameters) where this torch has it: the
+    per-parameter step is a large share of a small VAE's training step on a CPU."""
+    cls = optimizer_class(name)
+    try:
+        return cls(params, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or no fused kernel here
+        return cls(params, **options)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,6 +87,7 @@ class TrainResult:
     likelihood: Likelihood
     device: torch.device
     num_parameters: int
+    precision: str  # of the training step, as resolved on this hardware (fp32 or bf16)
     history: list[EpochResult] = field(default_factory=list)
     resumed_from_epoch: int = 0  # last epoch restored from a checkpoint (0: fresh start)
 
@@ -196,8 +207,8 @@ def train(
     likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
     likelihood = likelihood.to(device)
     params = [*model.parameters(), *likelihood.parameters()]
-    optimizer = optimizer_class(config.optimizer)(
-        params, lr=config.lr, weight_decay=config.weight_decay
+    optimizer = make_optimizer(
+        config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = _scheduler(config, optimizer)
     # the run's own stream: shuffling, dynamic binarization, reparameterization noise
@@ -208,7 +219,10 @@ def train(
         x_train = binarized(x_train, derive(config.data_seed, "train-binarization"))
     dynamic = lik.binarize == "dynamic"
     x_val = eval_targets(config, splits.val.to(device), 1)
-    result = TrainResult(model, likelihood, device, sum(p.numel() for p in params))
+    precision = resolve_precision(config.precision, device)
+    result = TrainResult(model, likelihood, device, sum(p.numel() for p in params), precision)
+    # bf16 for the networks' forward and backward only; the loss terms are computed in fp32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -245,12 +259,14 @@ def train(
             xb = shuffled[start : start + bs]
             step += 1
             weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
-            out = model(xb, gen)
+            with autocast:
+                out = model(xb, gen)
+            mu, logvar, logits = out.mu.float(), out.logvar.float(), out.logits.float()
             if free_bits:  # KL floor per latent dimension (batch average), training only
-                kl = gaussian_kl_per_dim(out.mu, out.logvar).mean(0).clamp(min=free_bits).sum()
+                kl = gaussian_kl_per_dim(mu, logvar).mean(0).clamp(min=free_bits).sum()
             else:
-                kl = gaussian_kl(out.mu, out.logvar).mean()
-            loss = weight * kl - likelihood.log_prob(out.logits, xb).mean()
+                kl = gaussian_kl(mu, logvar).mean()
+            loss = weight * kl - likelihood.log_prob(logits, xb).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
