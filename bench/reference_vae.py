@@ -21,7 +21,7 @@ from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig
 from tuner.train import eval_targets, evaluate, train
 
 
-def run(data_dir: str, binarize: str, epochs: int, device: str):
+def run(data_dir: str, binarize: str, epochs: int, device: str, precision: str = "fp32"):
     dataset = DatasetSpec(name="mnist", data_dir=data_dir, val_fraction=1000 / 60000)
     config = RunConfig(
         dataset=dataset,
@@ -31,6 +31,7 @@ def run(data_dir: str, binarize: str, epochs: int, device: str):
         batch_size=128,
         epochs=epochs,
         device=device,
+        precision=precision,
     )
     splits = load_splits(dataset, config.data_seed)
     started = time.perf_counter()
@@ -47,13 +48,22 @@ def main() -> None:
     ap.add_argument("--nll-examples", type=int, default=2000, help="test images for IW-NLL")
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--precisions", default="fp32,bf16", help="grey-level runs to compare (fp32, bf16)"
+    )
+    ap.add_argument("--skip-nll", action="store_true", help="only the grey-level runs")
     args = ap.parse_args()
 
-    _, result, _, test, secs = run(args.data_dir, "none", args.epochs, args.device)
-    print(
-        f"[grey-level Bernoulli] {args.epochs} epochs in {secs:.0f}s on {result.device}: "
-        f"test -ELBO {-test.elbo:.2f} nats/image (reference ~105.6)"
-    )
+    for precision in args.precisions.split(","):
+        _, result, _, test, secs = run(args.data_dir, "none", args.epochs, args.device, precision)
+        print(
+            f"[grey-level Bernoulli, {precision}] {args.epochs} epochs in {secs:.0f}s on "
+            f"{result.device}: validation ELBO {result.final.val.elbo:.2f}, test -ELBO "
+            f"{-test.elbo:.2f} nats/image (reference ~105.6)",
+            flush=True,
+        )
+    if args.skip_nll:
+        return
 
     config, result, x_test, test, secs = run(args.data_dir, "dynamic", args.epochs, args.device)
     x = x_test[: args.nll_examples]

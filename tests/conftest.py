@@ -14,6 +14,13 @@ from typer.testing import CliRunner
 from tuner.cli import app
 
 
+@pytest.fixture(autouse=True)
+def trials_in_process(monkeypatch):
+    """`vae-tune run` picks its worker count (auto); the tests run trials in the test's own
+    process unless they ask for workers (tests/test_workers.py checks auto)."""
+    monkeypatch.setenv("VAE_TUNE_WORKERS", "1")
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}"

@@ -119,7 +119,7 @@ spec = validate(StudySpec, {
     "training": {"epochs": 1, "device": "cpu", "threads": 1, "iw_samples": 0, "pictures": False},
     "sampler": {"name": "grid"}, "pruner": "none",
 }, "test spec")
-outcome = run_study(spec, echo=lambda *a, **k: None)
+outcome = run_study(spec, workers=1, echo=lambda *a, **k: None)  # this process: the patch
 for t in outcome.study.trials:
     print(t.state.name, t.params, t.user_attrs["config"]["model"])
 """

@@ -477,3 +477,20 @@ def _worker_cmdlines(name: str) -> list[str]:
         if "tuner.cli worker" in cmd and name in cmd:
             found.append(cmd)
     return found
+
+
+def test_run_picks_one_single_threaded_worker_per_core_by_default(tmp_path: Path, monkeypatch):
+    """`--workers auto` (the default): on a CPU one worker per core, one torch thread each
+    (SQLite: at most 4); the tiny spec fixes no thread count."""
+    from tuner.hardware import available_cores
+
+    monkeypatch.delenv("VAE_TUNE_WORKERS")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = _spec(tmp_path, url, "auto", {"training": {"threads": 0}})
+    code, out = _run(tmp_path, "run", str(spec), "--n-trials", "4")
+    assert code == 0, out
+    expected = min(available_cores(), 4)
+    if expected > 1:
+        assert f"{expected} workers (cpu, 1 torch thread(s) each)" in out, out
+        assert out.count("joined study") == expected
+    assert _states(_study(url, "auto")) == {"COMPLETE": 4}

@@ -173,13 +173,16 @@ def run(
         typer.Option(help="Folder holding the dataset's IDX files (no download)."),
     ] = None,
     workers: Annotated[
-        int | None,
+        str,
         typer.Option(
-            min=1,
-            help="Worker processes on this machine sharing the study and its budget "
-            "(default: 1, in this process; with --devices, one per device).",
+            envvar="VAE_TUNE_WORKERS",
+            help="Worker processes on this machine sharing the study and its budget: a number, "
+            "or auto (the default): on a CPU one single-threaded worker per core (at most 4 "
+            "on SQLite), which runs ~1.3x the trials per hour of one worker using every core "
+            "for small VAEs; with CUDA or --devices one per device. 1 runs trials in this "
+            "process.",
         ),
-    ] = None,
+    ] = "auto",
     devices: Annotated[
         str | None,
         typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1."),
@@ -194,7 +197,7 @@ def run(
     sqlite:///vae-tune.db. Each trial trains a VAE, reports the validation ELBO every epoch
     and may be pruned; one line is printed per finished trial, then a summary.
     """
-    from tuner.runner.launcher import parse_devices, run_study
+    from tuner.runner.launcher import parse_devices, parse_workers, run_study
     from tuner.spec import load_spec
     from tuner.storage import Heartbeat, mask_url
 
@@ -214,6 +217,7 @@ def run(
     }
     study_spec = load_spec(spec, overrides)
     device_list = parse_devices(devices)
+    n_workers = parse_workers(workers)
     beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
 
     def header(prepared: Any, n_workers: int) -> None:
@@ -230,7 +234,7 @@ def run(
     started = time.perf_counter()
     outcome = run_study(
         study_spec,
-        workers=workers,
+        workers=n_workers,
         devices=device_list,
         heartbeat=beat,
         on_prepared=header,

@@ -138,11 +138,31 @@ class TrialSeededSampler(BaseSampler):
         return str(self._inner)
 
 
-def build_sampler(name: str, options: dict[str, Any], seed: int) -> BaseSampler:
-    """The named sampler with checked options, seeded per trial from `seed` (QMC keeps one
-    seed: its low-discrepancy sequence is one scrambled sequence, continued across runs)."""
+def tpe_defaults(n_trials: int | None) -> dict[str, Any]:
+    """TPE set up for vae-tune's spaces: conditional (architecture knobs exist only for their
+    architecture) and mixed. `multivariate` + `group` model the parameters jointly within
+    each architecture's sub-space instead of one at a time; `constant_liar` makes concurrent
+    workers avoid the points running trials are trying; start-up trials sized to the budget
+    (a quarter of it, 4 to 10) leave most of a short study to the model."""
+    startup = 10 if n_trials is None else min(10, max(4, n_trials // 4))
+    return {
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+        "n_startup_trials": startup,
+    }
+
+
+def build_sampler(
+    name: str, options: dict[str, Any], seed: int, n_trials: int | None = None
+) -> BaseSampler:
+    """The named sampler with checked options (TPE: `tpe_defaults` for what they leave out),
+    seeded per trial from `seed` (QMC keeps one seed: its low-discrepancy sequence is one
+    scrambled sequence, continued across runs)."""
     cls = SAMPLER_CLASSES[name]
     options = checked_options(cls, options, "sampler.options")
+    if name == "tpe":
+        options = {**tpe_defaults(n_trials), **options}
     if name in ("cmaes", "qmc", "gp"):
         # conditional knobs and categoricals fall back to independent sampling by design
         options.setdefault("warn_independent_sampling", False)

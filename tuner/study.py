@@ -44,7 +44,9 @@ class Prepared:
 
 def prepare(spec: StudySpec) -> Prepared:
     """Build every object a study needs and load its data; raises UserError on bad input."""
-    sampler = build_sampler(spec.sampler.name, spec.sampler.options, spec.seed)
+    sampler = build_sampler(
+        spec.sampler.name, spec.sampler.options, spec.seed, spec.budget.n_trials
+    )
     pruner = build_pruner(spec.pruner)
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
     resolve_device(spec.training.device)

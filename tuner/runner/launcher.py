@@ -58,6 +58,37 @@ def parse_devices(devices: str | None) -> list[str]:
     return names
 
 
+AUTO_SQLITE_MAX = 4  # SQLite takes one writer at a time: beyond this, use PostgreSQL
+
+
+def parse_workers(workers: str) -> int | None:
+    """`auto` -> None (decided by `auto_workers` once the device is known), else N >= 1."""
+    if workers == "auto":
+        return None
+    if not workers.isdigit() or int(workers) < 1:
+        raise UserError(f"expected a number >= 1 or auto, got {workers!r}", "workers")
+    return int(workers)
+
+
+def auto_workers(spec: StudySpec, devices: Sequence[str]) -> int:
+    """How many local workers give the most trials per hour here.
+
+    Measured on 2 cores (AVX-512): two single-threaded workers train small MLP VAEs about
+    1.3-1.4x faster in total than one worker with two threads (intra-op threading of small
+    matrices scales poorly), so on a CPU: one worker per core. A GPU: one per device."""
+    if devices:
+        return len(devices)
+    if resolve_device(spec.training.device).type == "cuda":
+        return 1
+    cores = available_cores()
+    n = cores // spec.training.threads if spec.training.threads else cores
+    if sqlite_file(spec.storage) is not None:
+        n = min(n, AUTO_SQLITE_MAX)
+    elif spec.storage.startswith("sqlite"):  # in-memory SQLite: one process only
+        n = 1
+    return max(1, n)
+
+
 def check_shareable(storage_url: str, workers: int) -> None:
     """Several processes need a database they can all open: not an in-memory SQLite."""
     if workers > 1 and storage_url.startswith("sqlite") and sqlite_file(storage_url) is None:
@@ -90,7 +121,7 @@ def run_study(
     `on_prepared(prepared, n_workers)` sees the checked spec and loaded data before the
     database is touched; `on_trial` sees each finished trial of this process.
     """
-    n_workers = workers or max(1, len(devices))
+    n_workers = workers or auto_workers(spec, devices)
     check_shareable(spec.storage, n_workers)
     if n_workers == 1 and devices:
         training = spec.training.model_copy(update={"device": devices[0]})

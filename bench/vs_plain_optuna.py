@@ -1,0 +1,203 @@
+"""vae-tune against the plain Optuna script a user would write, on the same VAE search space.
+
+The plain side is written as optuna-examples' `pytorch_simple.py` would have it: a DataLoader,
+an MLP VAE, TPE and the median pruner, `trial.report` / `trial.should_prune` every epoch,
+all cores to one process. The vae-tune side is `vae-tune run studies/vs-plain-optuna.yaml`
+with its defaults (workers, precision, sampler settings), on the same data split, space and
+trial budget. Per side and seed it prints wall time, epochs trained, the best validation ELBO
+(beta = 1, nats/example), and vae-tune's *time to target*: when its study first completed a
+trial at least as good as the plain script's final best. Then the medians and the ratios.
+
+    python bench/vs_plain_optuna.py --data-dir ../shared/data/mnist              # full MNIST
+    python bench/vs_plain_optuna.py --data-dir DIR --subset 20000 --seeds 0,1,2  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tuner.datasets import load_splits
+from tuner.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "studies" / "vs-plain-optuna.yaml"
+CLI = str(Path(sys.executable).with_name("vae-tune"))
+
+
+# --- the plain script ---------------------------------------------------------------------------
+
+
+class VAE(nn.Module):
+    def __init__(self, hidden: int, depth: int, latent: int):
+        super().__init__()
+        enc, dec, d = [], [], 784
+        for i in range(depth):
+            enc += [nn.Linear(d if i == 0 else hidden, hidden), nn.ReLU()]
+            dec += [nn.Linear(latent if i == 0 else hidden, hidden), nn.ReLU()]
+        self.enc, self.heads = nn.Sequential(*enc), nn.Linear(hidden, 2 * latent)
+        self.dec = nn.Sequential(*dec, nn.Linear(hidden, 784))
+
+    def forward(self, x):
+        mu, logvar = self.heads(self.enc(x)).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.dec(z), mu, logvar
+
+
+def terms(model, x):
+    logits, mu, logvar = model(x)
+    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    return recon, kl
+
+
+def plain_study(train_x, val_x, seed: int, n_trials: int, epochs: int) -> optuna.Study:
+    train_loader_x = torch.from_numpy(train_x.reshape(len(train_x), -1))
+    val = torch.from_numpy(val_x.reshape(len(val_x), -1))
+
+    def objective(trial: optuna.Trial) -> float:
+        hidden = trial.suggest_int("hidden_dim", 128, 1024, log=True)
+        depth = trial.suggest_int("depth", 1, 3)
+        latent = trial.suggest_int("latent_dim", 2, 64, log=True)
+        beta = trial.suggest_float("beta", 0.1, 4.0, log=True)
+        lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+        batch_size = trial.suggest_categorical("batch_size", [64, 128, 256])
+        model = VAE(hidden, depth, latent)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        loader = DataLoader(TensorDataset(train_loader_x), batch_size=batch_size, shuffle=True)
+        elbo = float("-inf")
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for (xb,) in loader:
+                recon, kl = terms(model, xb)
+                loss = (recon + beta * kl).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                recon, kl = terms(model, val)
+                elbo = -(recon + kl).mean().item()
+            trial.report(elbo, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return elbo
+
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(),
+    )
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def summary(study: optuna.Study, target: float | None) -> dict:
+    trials = [t for t in study.trials if t.datetime_start is not None]
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials if t.datetime_complete)
+    done = sorted(
+        (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
+        key=lambda t: t.datetime_complete,
+    )
+    reached = None
+    if target is not None:
+        hit = next((t for t in done if t.value >= target), None)
+        reached = (hit.datetime_complete - start).total_seconds() if hit else None
+    return {
+        "wall": (end - start).total_seconds(),
+        "epochs": sum(len(t.intermediate_values) for t in trials),
+        "best": study.best_value,
+        "to_target": reached,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--subset", type=int, default=None, help="training images (default all)")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--pruner", default=None, help="vae-tune's pruner (default: the spec's)")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        spec = load_spec(SPEC, {"dataset.data_dir": args.data_dir, "seed": seed})
+        if args.subset:
+            spec.dataset.subset = args.subset
+        splits = load_splits(spec.dataset, spec.seed)  # the same split for both sides
+        train_x, val_x = splits.train.numpy(), splits.val.numpy()
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        started = time.perf_counter()
+        plain = summary(plain_study(train_x, val_x, seed, args.trials, args.epochs), None)
+        plain["wall"] = time.perf_counter() - started
+
+        with tempfile.TemporaryDirectory() as tmp:
+            spec.storage = f"sqlite:///{tmp}/v.db"
+            spec_file = Path(tmp) / "spec.yaml"
+            spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+            cmd = [CLI, "run", str(spec_file), "--n-trials", str(args.trials)]
+            cmd += ["--epochs", str(args.epochs)]
+            if args.pruner:
+                cmd += ["--pruner", args.pruner]
+            env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - started
+            study = optuna.load_study(study_name=spec.study_name, storage=f"sqlite:///{tmp}/v.db")
+            ours = summary(study, plain["best"])
+            ours["wall"] = wall
+        rows.append((seed, plain, ours))
+        to = ours["to_target"]
+        print(
+            f"seed {seed}: plain {plain['wall']:7.0f} s {plain['epochs']:4d} epochs best "
+            f"{plain['best']:8.2f} | vae-tune {ours['wall']:7.0f} s {ours['epochs']:4d} epochs "
+            f"best {ours['best']:8.2f}, reached plain's best after "
+            + (f"{to:.0f} s" if to is not None else "never"),
+            flush=True,
+        )
+
+    def med(side: int, key: str) -> float:
+        vals = [r[side][key] for r in rows]
+        vals = [v if v is not None else float("inf") for v in vals]
+        return statistics.median(vals)
+
+    print(
+        f"\nmedians over seeds {args.seeds} ({args.trials} trials x <= {args.epochs} epochs, "
+        f"{len(train_x)} training images)"
+    )
+    print(f"plain Optuna script : wall {med(1, 'wall'):7.0f} s, best {med(1, 'best'):8.2f}")
+    print(
+        f"vae-tune defaults   : wall {med(2, 'wall'):7.0f} s, best {med(2, 'best'):8.2f}, "
+        f"time to target {med(2, 'to_target'):7.0f} s"
+    )
+    print(
+        f"time to target / plain wall: {med(2, 'to_target') / med(1, 'wall'):.2f} "
+        f"(goal <= 0.33); best vae-tune - plain: {med(2, 'best') - med(1, 'best'):+.2f} nats"
+    )
+    print(f"numpy {np.__version__}, torch {torch.__version__}, optuna {optuna.__version__}")
+
+
+if __name__ == "__main__":
+    main()
