@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--pruner", default=None, help="vae-tune's pruner (default: the spec's)")
     args = ap.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())  # vae-tune runs in a scratch folder
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     rows = []
@@ -152,6 +153,11 @@ def main() -> None:
         started = time.perf_counter()
         plain = summary(plain_study(train_x, val_x, seed, args.trials, args.epochs), None)
         plain["wall"] = time.perf_counter() - started
+        print(
+            f"seed {seed}: plain script {plain['wall']:.0f} s, {plain['epochs']} epochs, best "
+            f"{plain['best']:.2f}",
+            flush=True,
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             spec.storage = f"sqlite:///{tmp}/v.db"

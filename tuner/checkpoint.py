@@ -30,13 +30,15 @@ RESUMED_ATTR = "resumed_from_epoch"
 _MAY_DIFFER = ("device", "threads", "eval_batch_size", "epochs", "source")
 
 
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """A running trial as the study stores it now (its system attrs, its reported values)."""
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def retry_history(trial: optuna.Trial | FrozenTrial) -> list[int]:
     """Numbers of the trials this one retries, oldest first (empty: not a retry)."""
-    if isinstance(trial, FrozenTrial):
-        attrs = trial.system_attrs
-    else:
-        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-    return list(attrs.get("retry_history", []))
+    stored = trial if isinstance(trial, FrozenTrial) else frozen(trial)
+    return list(stored.system_attrs.get("retry_history", []))
 
 
 def seed_number(trial: optuna.Trial) -> int:
@@ -92,7 +94,7 @@ class TrialCheckpoints:
     def _restore_curve(self, state: dict[str, Any]) -> None:
         """Report the checkpointed epochs the retry did not inherit (the worker may have died
         between saving an epoch and reporting it), so the learning curve has no hole."""
-        have = self.trial.storage.get_trial(self.trial._trial_id).intermediate_values
+        have = frozen(self.trial).intermediate_values
         for h in state.get("history", []):
             try:
                 epoch, value = int(h["epoch"]), float(h["val"]["elbo"])
