@@ -27,6 +27,27 @@ app = typer.Typer(
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _version(show: bool) -> None:
+    if show:
+        from tuner import __version__
+
+        typer.echo(f"vae-tune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Tune variational autoencoders with Optuna."""
+
+
 StorageOpt = Annotated[
     str,
     typer.Option(
@@ -187,6 +208,13 @@ def run(
         str | None,
         typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1."),
     ] = None,
+    artifact_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Artifact folder (checkpoints, pictures), shared by the workers; overrides the "
+            "spec's (default: beside the SQLite file, or $VAE_TUNE_ARTIFACTS).",
+        ),
+    ] = None,
     heartbeat_interval: HeartbeatIntervalOpt = None,
     heartbeat_grace: HeartbeatGraceOpt = None,
     max_retry: MaxRetryOpt = None,
@@ -214,8 +242,11 @@ def run(
         "training.device": device,
         "dataset.name": dataset,
         "dataset.data_dir": data_dir,
+        "artifact_dir": artifact_dir,
     }
-    study_spec = load_spec(spec, overrides)
+    flags = {dotted: "--" + dotted.rsplit(".", 1)[-1].replace("_", "-") for dotted in overrides}
+    flags.update({"budget.n_trials": "--n-trials", "training.device": "--device"})
+    study_spec = load_spec(spec, overrides, flags)
     device_list = parse_devices(devices)
     n_workers = parse_workers(workers)
     beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
@@ -398,7 +429,7 @@ def train(
     from tuner.reproduce import reproduce
     from tuner.spec import RunConfig, read_yaml, validate
 
-    data, path = read_yaml(config)
+    data, path = read_yaml(config, shipped=False)
     data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
     run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
 

@@ -426,16 +426,19 @@ def shipped_specs() -> dict[str, Path]:
     }
 
 
-def read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], Path]:
-    """Read a spec or config file; a bare name such as `quickstart` finds a shipped spec."""
+def read_yaml(path_or_name: str | Path, shipped: bool = True) -> tuple[dict[str, Any], Path]:
+    """Read a spec or config file; with `shipped`, a bare name such as `quickstart` finds a
+    shipped spec (run configs are never shipped: `train` passes False)."""
     path = Path(path_or_name)
     if not path.exists():
-        shipped = shipped_specs()
-        if str(path_or_name) in shipped:
-            path = shipped[str(path_or_name)]
-        else:
-            known = ", ".join(sorted(shipped))
+        specs = shipped_specs() if shipped else {}
+        if str(path_or_name) in specs:
+            path = specs[str(path_or_name)]
+        elif shipped:
+            known = ", ".join(sorted(specs))
             raise SpecError(f"no such file: {path_or_name} (shipped specs: {known})")
+        else:
+            raise SpecError(f"no such file: {path_or_name} (write one with `vae-tune export-best`)")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -462,10 +465,23 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[last] = value
 
 
-def load_spec(path_or_name: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read, override (dotted keys, None = leave alone) and validate a study spec."""
+def load_spec(
+    path_or_name: str | Path,
+    overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+) -> StudySpec:
+    """Read, override (dotted keys, None = leave alone) and validate a study spec; an error in
+    an overridden field names the flag it came from (`flags`: dotted key -> flag)."""
     data, path = read_yaml(path_or_name)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            set_path(data, dotted, value)
-    return validate(StudySpec, data, f"study spec {path}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for dotted, value in given.items():
+        set_path(data, dotted, value)
+    try:
+        return validate(StudySpec, data, f"study spec {path}")
+    except SpecError as err:
+        lines = str(err).splitlines()
+        for i, line in enumerate(lines):
+            for dotted in given:
+                if (flags or {}).get(dotted) and line.startswith(f"{dotted}"):
+                    lines[i] = f"{line} (given by {flags[dotted]}, not the spec file)"
+        raise SpecError("\n".join(lines)) from None

@@ -8,6 +8,7 @@ trials is the job of `tuner.runner`.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -97,8 +98,11 @@ def load_vae_study(
             pruner=prepared.pruner if prepared else None,
         )
     except KeyError:
+        close = difflib.get_close_matches(study_name, optuna.get_all_study_names(storage), n=1)
+        maybe = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(
-            f"no study named {study_name!r} in {mask_url(storage_url)}{hint}", "study_name"
+            f"no study named {study_name!r} in {mask_url(storage_url)}{maybe}{hint}",
+            "study_name",
         ) from None
     return require_vae_tune(study)
 
