@@ -130,10 +130,15 @@ def _trial_line(study: optuna.Study, trial: FrozenTrial) -> None:
     else:
         value = f"{'-':>9}"
     secs = trial.duration.total_seconds() if trial.duration else 0.0
-    note = trial.user_attrs.get("stop_reason") or trial.system_attrs.get("fail_reason", "")
+    attrs = trial.user_attrs
+    note = attrs.get("stop_reason") or attrs.get("fail_reason", "")
     note = f"  [{note.splitlines()[0]}]" if note else ""
+    posterior = ""
+    if "val_kl" in attrs:
+        collapsed = " COLLAPSED" if attrs.get("posterior_collapse") else ""
+        posterior = f"KL {attrs['val_kl']:6.2f}  {attrs['active_units']:>3} active{collapsed}  "
     typer.echo(
-        f"trial {trial.number:>4}  {trial.state.name:<8} {value}  {secs:6.1f}s  "
+        f"trial {trial.number:>4}  {trial.state.name:<8} {value}  {secs:6.1f}s  {posterior}"
         f"{_params(trial.params)}{note}"
     )
 
@@ -154,6 +159,15 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
         return
     typer.echo(f"Best: trial {best.number}, validation ELBO {best.value:.3f} nats/example")
     typer.echo(f"  {_params(best.params)}")
+    finished = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
+    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in finished)
+    if best.user_attrs.get("posterior_collapse"):
+        typer.echo(
+            "Warning: the best trial's posterior collapsed (no latent unit carries information: "
+            "its decoder ignores z). Try a smaller beta, KL warm-up or free bits."
+        )
+    elif finished and collapsed * 2 > len(finished):
+        typer.echo(f"Warning: {collapsed} of {len(finished)} trials collapsed (no active units).")
     typer.echo(
         f"Export it: vae-tune export-best --study-name {shlex.quote(study.study_name)} "
         "--output best.yaml"

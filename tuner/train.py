@@ -25,6 +25,9 @@ from tuner.seeds import derive
 from tuner.spec import RunConfig
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
+# ... and the unit must carry information: the covariance test alone counts units whose KL is
+# a few hundredths of a nat (the decoder ignores them: every reconstruction is the same blob)
+ACTIVE_UNIT_MIN_KL = 0.1  # nats per example, averaged over the data
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -160,8 +163,9 @@ def evaluate(
         kl_dims += gaussian_kl_per_dim(out.mu, out.logvar).sum(0, dtype=torch.float64)
         mus.append(out.mu)
     mu = torch.cat(mus)
-    active = (mu.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum()
     kl_dims /= len(x)
+    varies = mu.var(0, unbiased=False).double() > ACTIVE_UNIT_THRESHOLD
+    active = (varies & (kl_dims > ACTIVE_UNIT_MIN_KL)).sum()
     r, k, a, *per_dim = torch.cat(
         [torch.stack([recon / len(x), kl_dims.sum(), active.double()]), kl_dims]
     ).tolist()
