@@ -38,3 +38,19 @@ def test_run_takes_an_artifact_dir(cli, write_spec, tmp_path):
     assert result.exit_code == 0, result.output
     files = [p for p in store.rglob("*") if p.is_file()]
     assert len(files) == 2 and all(f.read_bytes()[:4] == b"\x89PNG" for f in files)
+
+
+def test_studies_and_export_best_speak_json(cli, write_spec, db_url):
+    import json
+
+    assert cli("run", write_spec({"budget": {"n_trials": 2}})).exit_code == 0
+    rows = json.loads(cli("studies", "--storage", db_url, "--json").output)
+    assert rows[0]["study"] == "tiny" and rows[0]["vae_tune"] is True
+    assert rows[0]["trials"]["complete"] == 2 and rows[0]["best_architecture"] == "mlp"
+    table = cli("studies", "--storage", db_url).output
+    assert "tiny" in table and "mlp" in table and "sqlite:///" in table
+    config = json.loads(
+        cli("export-best", "--study-name", "tiny", "--storage", db_url, "--json").output
+    )
+    assert config["source"]["value"] == rows[0]["best_value"]
+    assert config["model"]["architecture"] == "mlp"

@@ -378,21 +378,55 @@ def worker(
 
 @app.command()
 @_user_errors
-def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
-    """List the studies in a storage with their trial counts and best value."""
-    from tuner.storage import mask_url, open_storage
+def studies(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the rows as JSON (for scripts).")
+    ] = False,
+) -> None:
+    """List the studies in a storage: trials by state, best validation ELBO, its architecture."""
+    import json
 
-    summaries = optuna.get_all_study_summaries(
-        open_storage(storage, must_exist=True), include_best_trial=True
-    )
-    if not summaries:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuner.storage import mask_url
+    from tuner.study import study_rows
+
+    rows = study_rows(storage)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
         typer.echo(f"no studies in {mask_url(storage)}")
         return
-    typer.echo(f"{'study':<28} {'trials':>6} {'best ELBO':>10}  started")
-    for s in summaries:
-        best = f"{s.best_trial.value:10.3f}" if s.best_trial else f"{'-':>10}"
-        start = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        typer.echo(f"{_printable(s.study_name):<28} {s.n_trials:>6} {best}  {start}")
+    table = Table(title=f"studies in {mask_url(storage)}", title_justify="left")
+    for name, justify in (
+        ("study", "left"),
+        ("complete", "right"),
+        ("pruned", "right"),
+        ("failed", "right"),
+        ("running", "right"),
+        ("best ELBO", "right"),
+        ("best arch", "left"),
+        ("started", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        t = r["trials"]
+        best = f"{r['best_value']:.3f}" if r["best_value"] is not None else "-"
+        name = _printable(r["study"]) + ("" if r["vae_tune"] else " (not vae-tune)")
+        table.add_row(
+            name,
+            str(t["complete"]),
+            str(t["pruned"]),
+            str(t["fail"]),
+            str(t["running"]),
+            best,
+            r["best_architecture"] or "-",
+            (r["started"] or "-").replace("T", " "),
+        )
+    Console(width=max(100, Console().width), soft_wrap=False).print(table)
 
 
 def _printable(name: str) -> str:
@@ -411,19 +445,34 @@ def _existing_study(study_name: str, storage: str) -> optuna.Study:
 @_user_errors
 def export_best(
     study_name: Annotated[str, typer.Option(help="Study to read.")],
-    output: Annotated[Path, typer.Option(help="File to write: .yaml, .yml or .json.")],
+    output: Annotated[
+        Path | None, typer.Option(help="File to write: .yaml, .yml or .json.")
+    ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print the config as JSON on stdout (for scripts)."),
+    ] = False,
 ) -> None:
     """Write the best trial's full training config; `vae-tune train FILE` reproduces it."""
+    import json
+
     from tuner.export import best_config, write_config
     from tuner.files import check_writable
 
-    check_writable(output)
+    if output is None and not json_out:
+        raise UserError("give --output FILE, or --json to print the config", "output")
+    if output is not None:
+        check_writable(output)
     study = _existing_study(study_name, storage)
     config = best_config(study)
-    write_config(config, output)
+    if output is not None:
+        write_config(config, output)
     src = config["source"]
-    typer.echo(f"wrote {output}: trial {src['trial']}, validation ELBO {src['value']:.3f}")
+    if json_out:
+        typer.echo(json.dumps(config, indent=2))
+    else:
+        typer.echo(f"wrote {output}: trial {src['trial']}, validation ELBO {src['value']:.3f}")
 
 
 @app.command()

@@ -144,3 +144,30 @@ def open_study(
 def counts(study: optuna.Study) -> dict[str, int]:
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     return {s.name: states.get(s.name, 0) for s in TrialState}
+
+
+def study_rows(storage_url: str) -> list[dict[str, Any]]:
+    """One row per study in a storage (read only): trials by state, the best value and its
+    architecture, whether vae-tune made it."""
+    storage = open_storage(storage_url, must_exist=True)
+    rows = []
+    try:
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            best = summary.best_trial
+            model = (best.user_attrs.get("config") or {}).get("model", {}) if best else {}
+            started = summary.datetime_start
+            rows.append(
+                {
+                    "study": summary.study_name,
+                    "vae_tune": MARKER_ATTR in summary.user_attrs,
+                    "trials": {k.lower(): v for k, v in counts(study).items()},
+                    "best_value": best.value if best else None,
+                    "best_trial": best.number if best else None,
+                    "best_architecture": model.get("architecture"),
+                    "started": started.isoformat(timespec="seconds") if started else None,
+                }
+            )
+    finally:
+        storage.engine.dispose()
+    return rows
