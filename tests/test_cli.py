@@ -54,3 +54,15 @@ def test_studies_and_export_best_speak_json(cli, write_spec, db_url):
     )
     assert config["source"]["value"] == rows[0]["best_value"]
     assert config["model"]["architecture"] == "mlp"
+
+
+def test_progress_without_a_terminal_is_plain_lines(cli, write_spec, monkeypatch):
+    import tuner.cli
+
+    monkeypatch.setattr(tuner.cli, "PROGRESS_EVERY_S", 0.0)  # every epoch, for the test
+    result = cli("run", write_spec({"budget": {"n_trials": 1}}))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    epochs = [ln for ln in lines if "epoch 1/2  validation ELBO" in ln or "epoch 2/2" in ln]
+    assert len(epochs) == 2 and "\r" not in result.output and "\x1b[" not in result.output
+    assert any(ln.startswith("trial    0  COMPLETE") for ln in lines)

@@ -143,6 +143,62 @@ def _trial_line(study: optuna.Study, trial: FrozenTrial) -> None:
     )
 
 
+PROGRESS_EVERY_S = 5.0  # without a terminal: at most one epoch line per this many seconds
+
+
+class _Progress:
+    """Live progress of `run` / `worker`: on a terminal one status line updated in place
+    (trials done / budget, best so far, ETA, and the current trial's epoch, validation ELBO
+    and examples/s); otherwise (CI, `docker logs`, a file) a plain line per finished trial
+    and at most one epoch line every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, budget: int | None, prefix: str = ""):
+        self.budget, self.prefix = budget, prefix
+        self.done, self.best = 0, None
+        self.started = self.last_line = time.monotonic()
+        self.status: Any = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self.status = Console().status("starting")
+
+    def __enter__(self) -> _Progress:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.done += 1
+        if trial.state == TrialState.COMPLETE and (self.best is None or trial.value > self.best):
+            self.best = trial.value
+        _trial_line(study, trial)
+
+    def epoch(self, number: int, r: Any, epochs: int) -> None:
+        text = (
+            f"trial {number:>4}  epoch {r.epoch}/{epochs}  validation ELBO {r.val.elbo:9.3f}  "
+            f"{r.examples_per_s:,.0f} ex/s"
+        )
+        now = time.monotonic()
+        if self.status is not None:
+            self.status.update(f"{self._study_line(now)}  |  {text}")
+        elif now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            typer.echo(f"{self.prefix}  {text}")
+
+    def _study_line(self, now: float) -> str:
+        line = f"{self.done}" + (f"/{self.budget}" if self.budget else "") + " trials"
+        if self.best is not None:
+            line += f", best {self.best:.3f}"
+        if self.budget and self.done:
+            eta = (now - self.started) / self.done * max(0, self.budget - self.done)
+            line += f", ETA {eta:.0f} s"
+        return line
+
+
 def _summary(study: optuna.Study, started: float, ran: int) -> None:
     from tuner.study import counts
 
@@ -277,15 +333,17 @@ def run(
         )
 
     started = time.perf_counter()
-    outcome = run_study(
-        study_spec,
-        workers=n_workers,
-        devices=device_list,
-        heartbeat=beat,
-        on_prepared=header,
-        on_trial=_trial_line,
-        echo=typer.echo,
-    )
+    with _Progress(study_spec.budget.n_trials) as progress:
+        outcome = run_study(
+            study_spec,
+            workers=n_workers,
+            devices=device_list,
+            heartbeat=beat,
+            on_prepared=header,
+            on_trial=progress.trial,
+            on_epoch=progress.epoch,
+            echo=typer.echo,
+        )
     if outcome.interrupted:
         typer.echo(
             "\ninterrupted: the running trial is marked FAIL and queued to resume from its "
@@ -368,8 +426,11 @@ def worker(
             f"{training.device}, {training.threads or 'all'} torch thread(s)"
         )
         try:
-            with Worker(prepared, heartbeat, interrupts) as seat:
-                ran = seat.run([_trial_line], note)
+            with (
+                _Progress(None, f"worker {me}:") as progress,
+                Worker(prepared, heartbeat, interrupts, progress=progress.epoch) as seat,
+            ):
+                ran = seat.run([progress.trial], note)
         except KeyboardInterrupt:
             note("interrupted: the running trial is marked FAIL and queued to resume")
             raise typer.Exit(interrupts.exit_code) from None

@@ -20,7 +20,9 @@ from tuner.diagnostics import iw_nll, save_pictures
 from tuner.search_space import run_config, suggest
 from tuner.seeds import derive
 from tuner.spec import StudySpec
-from tuner.train import Checkpoints, NonFiniteLoss, TrainResult, eval_targets, train
+from tuner.train import Checkpoints, EpochResult, NonFiniteLoss, TrainResult, eval_targets, train
+
+Progress = Callable[[int, EpochResult, int], None]  # (trial number, epoch result, max epochs)
 
 
 class Objective:
@@ -33,13 +35,16 @@ class Objective:
         checkpoints_factory: Callable[[optuna.Trial], Checkpoints] | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
+        progress: Progress | None = None,
     ):
         """`should_stop` is polled between training batches; True stops the trial's training
-        with `tuner.train.TrainingInterrupted` (a KeyboardInterrupt)."""
+        with `tuner.train.TrainingInterrupted` (a KeyboardInterrupt). `progress` sees every
+        finished epoch (to show live progress)."""
         self.spec = spec
         self.splits = splits
         self.checkpoints_factory = checkpoints_factory
         self.should_stop = should_stop
+        self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
         # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
@@ -55,6 +60,8 @@ class Objective:
                 trial.set_user_attr("precision", run.precision)
                 trial.set_user_attr("num_parameters", run.num_parameters)
             trial.report(r.val.elbo, r.epoch)
+            if self.progress is not None:
+                self.progress(trial.number, r, config.epochs)
             trial.set_user_attr("epochs_run", r.epoch)
             if prune_collapse and r.val.active_units == 0 and r.epoch > config.warmup_epochs:
                 _record(trial, run)

@@ -26,6 +26,7 @@ import optuna
 from tuner.artifacts import artifact_dir
 from tuner.errors import UserError
 from tuner.hardware import available_cores
+from tuner.objective import Progress
 from tuner.runner.budget import DONE, Tally, next_step
 from tuner.runner.interrupts import Interrupts
 from tuner.runner.recovery import recover
@@ -114,12 +115,14 @@ def run_study(
     heartbeat: dict[str, int] | None = None,
     on_prepared: Callable[[Prepared, int], None] | None = None,
     on_trial: Callback | None = None,
+    on_epoch: Progress | None = None,
     echo: Echo = print,
 ) -> RunOutcome:
     """Create or resume the study of `spec`, add its budget, and run trials until it is spent.
 
     `on_prepared(prepared, n_workers)` sees the checked spec and loaded data before the
-    database is touched; `on_trial` sees each finished trial of this process.
+    database is touched; `on_trial` sees each finished trial of this process, `on_epoch`
+    each finished epoch (trials in local worker processes print their own).
     """
     n_workers = workers or auto_workers(spec, devices)
     check_shareable(spec.storage, n_workers)
@@ -138,7 +141,7 @@ def run_study(
         outcome = RunOutcome(study, 0)
         try:
             if n_workers == 1:
-                with Worker(prepared, beat, interrupts) as worker:
+                with Worker(prepared, beat, interrupts, progress=on_epoch) as worker:
                     worker.run([on_trial] if on_trial else [], echo)
             else:
                 outcome.ok = _run_workers(prepared, n_workers, devices, beat, interrupts, echo)

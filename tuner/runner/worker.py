@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.artifacts import open_artifact_store
 from tuner.checkpoint import TrialCheckpoints, discard
 from tuner.errors import ServiceError, UserError
-from tuner.objective import Objective
+from tuner.objective import Objective, Progress
 from tuner.runner.budget import BUDGET_ATTR, DONE, START, WAIT, next_step, set_budget
 from tuner.runner.interrupts import Interrupts
 from tuner.runner.recovery import recover, requeue
@@ -89,6 +89,7 @@ class Worker:
         heartbeat: Heartbeat,
         interrupts: Interrupts,
         storage: optuna.storages.RDBStorage | None = None,
+        progress: Progress | None = None,
     ):
         spec = prepared.spec
         self.prepared, self.heartbeat, self.interrupts = prepared, heartbeat, interrupts
@@ -104,6 +105,7 @@ class Worker:
             prepared.splits,
             checkpoints_factory=lambda trial: TrialCheckpoints(trial, self.store),
             should_stop=lambda: interrupts.requested,
+            progress=progress,
         )
 
     def __enter__(self) -> Worker:
