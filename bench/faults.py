@@ -112,7 +112,7 @@ class Pool:
                 running = []
             for t in running:
                 pid = int(str(t.user_attrs.get("worker", ":0")).rsplit(":", 1)[-1])
-                epoch = t.user_attrs.get("checkpoint", {}).get("epoch", 0)
+                epoch = (t.user_attrs.get("checkpoint") or {}).get("epoch", 0)
                 proc = by_pid.get(pid)
                 if proc is not None and proc.poll() is None and at_epoch <= epoch < 4:
                     os.kill(pid, signal.SIGKILL)

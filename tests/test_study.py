@@ -44,6 +44,8 @@ def test_run_completes_trials_with_elbo_and_attributes(cli, write_spec, db_url):
             assert key in attrs, key
         assert attrs["val_recon"] - attrs["val_kl"] == pytest.approx(t.value)
         assert attrs["device"] == "cpu" and attrs["epochs_run"] == 2
+        # its per-epoch checkpoint was deleted when it finished, and nothing names it any more
+        assert attrs.get("checkpoint") is None
 
 
 def test_objective_is_beta_one_elbo_whatever_beta_trains(cli, write_spec, db_url):

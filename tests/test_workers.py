@@ -145,7 +145,7 @@ def _running_with_checkpoint(url: str, name: str, min_epoch: int = 1):
         except KeyError:
             return None
         for t in trials:
-            if t.user_attrs.get("checkpoint", {}).get("epoch", 0) >= min_epoch:
+            if (t.user_attrs.get("checkpoint") or {}).get("epoch", 0) >= min_epoch:
                 return t
         return None
 
@@ -377,7 +377,7 @@ def _assert_no_orphan_checkpoints(study: optuna.Study, store: Path) -> None:
     named = {
         t.user_attrs["checkpoint"]["artifact_id"]
         for t in study.trials
-        if "checkpoint" in t.user_attrs
+        if t.user_attrs.get("checkpoint")
     }
     on_disk = {p.name for p in store.glob("checkpoint-*")}
     assert on_disk <= named, on_disk - named

@@ -131,9 +131,22 @@ def _remove(store: Any, artifact_id: str) -> None:
         pass
 
 
-def discard(study: optuna.Study, trial: FrozenTrial, store: Any) -> None:
-    """A study callback: once a trial has finished for good (complete, pruned, or failed by an
-    error rather than a crash), delete its checkpoint and those of the trials it retried."""
+def release(trial: optuna.Trial) -> str | None:
+    """Before a trial is told finished: clear its `checkpoint` attribute (a finished trial
+    must not name a file that `discard` is about to delete) and return the artifact id."""
+    latest = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not latest:
+        return None
+    trial.set_user_attr(CHECKPOINT_ATTR, None)
+    return latest["artifact_id"]
+
+
+def discard(
+    study: optuna.Study, trial: FrozenTrial, store: Any, released: str | None = None
+) -> None:
+    """Once a trial has finished for good (complete, pruned, or failed by an error rather
+    than a crash), delete its checkpoint (`released` by `release`, or still named by its
+    attribute) and those of the trials it retried."""
     if not trial.state.is_finished():
         return
     numbers = set(retry_history(trial))
@@ -145,5 +158,7 @@ def discard(study: optuna.Study, trial: FrozenTrial, store: Any) -> None:
     latest = trial.user_attrs.get(CHECKPOINT_ATTR)
     if latest:
         ids.append(latest["artifact_id"])
+    if released:
+        ids.append(released)
     for artifact_id in ids:
         _remove(store, artifact_id)

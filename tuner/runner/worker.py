@@ -24,7 +24,7 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.artifacts import open_artifact_store
-from tuner.checkpoint import TrialCheckpoints, discard
+from tuner.checkpoint import TrialCheckpoints, discard, release
 from tuner.errors import ServiceError, UserError
 from tuner.objective import Objective, Progress
 from tuner.runner.budget import BUDGET_ATTR, DONE, START, WAIT, next_step, set_budget
@@ -186,6 +186,12 @@ class Worker:
             except Exception as err:  # noqa: BLE001 - a bug or bad config fails this trial only
                 _log.warning("trial %d failed", trial.number, exc_info=True)
                 trial.set_user_attr(FAIL_REASON_ATTR, f"{type(err).__name__}: {err}")
+        released = None
+        if not taken_over:
+            try:
+                released = release(trial)
+            except UpdateFinishedTrialError:
+                taken_over = True  # its retry resumes from the checkpoint: keep the file
         frozen = self.study.tell(trial, value, state=state, skip_if_finished=True)
         if taken_over or frozen.state != state:
             echo(
@@ -195,7 +201,7 @@ class Worker:
             return
         for callback in callbacks:
             callback(self.study, frozen)
-        discard(self.study, frozen, self.store)
+        discard(self.study, frozen, self.store, released)
 
     def _requeue(self, trial_id: int) -> None:
         """Best effort: the storage may refuse this write too (then the heartbeat does it)."""
