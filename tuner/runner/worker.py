@@ -31,7 +31,7 @@ from tuner.runner.budget import BUDGET_ATTR, DONE, START, WAIT, next_step, set_b
 from tuner.runner.interrupts import Interrupts
 from tuner.runner.recovery import recover, requeue
 from tuner.spec import StudySpec, load_spec, validate
-from tuner.storage import Heartbeat, StudyLock, db_reason, open_storage, use_heartbeat
+from tuner.storage import Heartbeat, StudyLock, db_reason, open_storage
 from tuner.study import (
     SPEC_ATTR,
     Prepared,
@@ -88,13 +88,11 @@ class Worker:
         prepared: Prepared,
         heartbeat: Heartbeat,
         interrupts: Interrupts,
-        storage: optuna.storages.RDBStorage | None = None,
         progress: Progress | None = None,
     ):
         spec = prepared.spec
         self.prepared, self.heartbeat, self.interrupts = prepared, heartbeat, interrupts
-        self.storage = storage or open_storage(spec.storage, heartbeat)
-        use_heartbeat(self.storage, heartbeat)
+        self.storage = open_storage(spec.storage, heartbeat)
         self.study = load_vae_study(spec.study_name, spec.storage, self.storage, prepared)
         self.study_id = self.storage.get_study_id_from_name(spec.study_name)
         self.lock = StudyLock(spec.storage, spec.study_name)
