@@ -77,3 +77,40 @@ def postgres_url() -> str:
             pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
         pytest.skip(reason)
     return PG_URL
+
+
+def chromium() -> str:
+    """Path of a headless-capable Chromium; skip (or fail, with VAE_TUNE_REQUIRE_BROWSER=1)
+    without one. Debian: `apt-get install chromium`."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("VAE_TUNE_REQUIRE_BROWSER") == "1":
+            pytest.fail("no chromium on PATH, and VAE_TUNE_REQUIRE_BROWSER=1")
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    return found
+
+
+def browse(url: str, *extra: str, timeout: float = 120) -> tuple[str, list[str]]:
+    """Load `url` in headless Chromium with the network off (every host name fails to
+    resolve); return the DOM after scripts ran and the page's console messages."""
+    import subprocess
+
+    args = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=15000",
+        "--window-size=1200,900",
+        *extra,
+        url,
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return done.stdout, console

@@ -267,7 +267,7 @@ def test_report_draws_plotly_html(cli, write_spec, db_url, tmp_path: Path):
     result = cli("report", "--study-name", "tiny", "--storage", db_url, "--output", out)
     assert result.exit_code == 0, result.output
     html = out.read_text()
-    assert "plotly" in html.lower() and "optimization history" in html
+    assert "plotly" in html.lower() and "Optimization history" in html
 
 
 def test_passwords_are_masked(cli):

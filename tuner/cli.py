@@ -619,12 +619,23 @@ def report(
     study_name: Annotated[str, typer.Option(help="Study to draw.")],
     output: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
     storage: StorageOpt = DEFAULT_STORAGE,
+    artifact_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAE_TUNE_ARTIFACTS",
+            help="Artifact folder (trial pictures); default: beside the SQLite file.",
+        ),
+    ] = None,
 ) -> None:
-    """Draw Plotly pictures of a study (history, learning curves, importances) into one HTML."""
+    """Write one self-contained HTML page about a study (works offline).
+
+    The rate-distortion plane, collapse (active units against latent size), outcomes and their
+    reasons, learning curves, Optuna's history, importances, parallel coordinates and slices,
+    and the best trial's pictures.
+    """
     from tuner.report import write_report
 
-    study = _existing_study(study_name, storage)
-    names = write_report(study, output)
+    names = write_report(study_name, storage, output, artifact_dir)
     typer.echo(f"wrote {output}: {', '.join(names)}")
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.datasets import Splits, load_splits
 from tuner.errors import UserError
+from tuner.figures import validation_elbo
 from tuner.samplers import build_pruner, build_sampler
 from tuner.search_space import grid_points
 from tuner.spec import StudySpec
@@ -139,6 +140,17 @@ def open_study(
     study.set_user_attr(SPEC_ATTR, stored_spec(spec))
     study.set_user_attr(HEARTBEAT_ATTR, beat.to_dict())
     return study
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The complete trial with the best validation ELBO; for a rate–distortion study (two
+    objectives, no single best) the point of its front with the highest ELBO."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    front = study.best_trials
+    if not front:
+        raise ValueError("no complete trial")
+    return max(front, key=validation_elbo)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
