@@ -94,7 +94,7 @@ def chromium() -> str:
 
 def browse(url: str, *extra: str, timeout: float = 120) -> tuple[str, list[str]]:
     """Load `url` in headless Chromium with the network off (every host name fails to
-    resolve); return the DOM after scripts ran and the page's console messages."""
+    resolve, but 127.0.0.1); return the DOM after scripts ran and the page's console messages."""
     import subprocess
 
     args = [
@@ -105,7 +105,7 @@ def browse(url: str, *extra: str, timeout: float = 120) -> tuple[str, list[str]]
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         "--virtual-time-budget=15000",
         "--window-size=1200,900",
         *extra,

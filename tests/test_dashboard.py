@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import optuna
-from support import free_port, get_json
+from support import browse, free_port, get_json
 
 
 def _serve(db_url: str):
@@ -51,6 +52,37 @@ def test_dashboard_lists_the_study(db_url):
     try:
         body = _get_json(proc, f"{base}/api/studies")
         assert [s["study_name"] for s in body["study_summaries"]] == ["shown"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_shows_each_trials_note_and_the_vae_figures(
+    cli, write_spec, db_url, tmp_path: Path
+):
+    spec = write_spec({"budget": {"n_trials": 3}})
+    assert cli("run", spec).exit_code == 0
+    study_id = optuna.load_study(study_name="tiny", storage=db_url)._study_id
+    proc, base = _serve(db_url)
+    try:
+        detail = _get_json(proc, f"{base}/api/studies/{study_id}?after=0")
+        for trial in detail["trials"]:
+            body = trial["note"]["body"]
+            assert f"## Trial {trial['number']}: complete" in body
+            assert "| active units |" in body and "| rate: KL(q(z|x) ‖ p(z)) |" in body
+            elbo = float(body.split("| validation ELBO (beta = 1) | ")[1].split()[0])
+            assert abs(elbo - trial["values"][0]) < 1e-3  # the note agrees with the value
+        figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+        assert set(figures) == {"rate-distortion", "collapse"}
+        points = [t for t in figures["rate-distortion"]["data"] if t.get("mode") == "markers"]
+        assert sum(len(t["x"]) for t in points) == 3  # every finished trial is on the plane
+        shot = tmp_path / "dashboard.png"
+        browse(
+            f"{base}/dashboard/studies/{study_id}",
+            f"--screenshot={shot}",
+            "--window-size=1400,2200",
+        )
+        assert shot.stat().st_size > 30_000
     finally:
         proc.terminate()
         proc.wait(timeout=10)

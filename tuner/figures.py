@@ -135,7 +135,8 @@ def rate_distortion_figure(trials: Sequence[FrozenTrial]) -> go.Figure:
         title="Rate–distortion plane (validation set)",
         xaxis_title=RATE,
         yaxis_title=DISTORTION,
-        legend={"x": 1.12},
+        legend={"orientation": "h", "y": -0.22},
+        margin={"b": 110},
     )
     return fig
 
@@ -175,7 +176,8 @@ def collapse_figure(trials: Sequence[FrozenTrial]) -> go.Figure:
         title="Collapse: active units against latent size",
         xaxis_title="latent size (dimensions of z)",
         yaxis_title="active units",
-        legend={"x": 1.12},
+        legend={"orientation": "h", "y": -0.22},
+        margin={"b": 110},
     )
     return fig
 

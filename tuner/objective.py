@@ -1,7 +1,8 @@
 """The trial runner: sample a config, train it, report validation ELBO each epoch, prune.
 
 A completed trial also gets its diagnostics (importance-weighted NLL, KL per latent dimension,
-active units, a posterior-collapse flag) and two pictures in the artifact store.
+active units, a posterior-collapse flag) and two pictures in the artifact store; every
+finished trial gets a Markdown note with them for optuna-dashboard.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from optuna.artifacts import upload_artifact
 
 from tuner.artifacts import open_artifact_store
 from tuner.checkpoint import seed_number
+from tuner.dashboard_views import save_trial_note
 from tuner.datasets import Splits
 from tuner.diagnostics import iw_nll, save_pictures
 from tuner.search_space import run_config, suggest
@@ -47,6 +49,15 @@ class Objective:
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            value = self._run(trial)
+        except optuna.TrialPruned:
+            save_trial_note(trial, "pruned")
+            raise
+        save_trial_note(trial, "complete")
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float:
         # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
         config = run_config(self.spec, suggest(trial, self.spec.search_space), seed_number(trial))
         trial.set_user_attr("config", config.model_dump(mode="json", exclude={"source"}))

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.artifacts import open_artifact_store
 from tuner.checkpoint import TrialCheckpoints, discard, release
+from tuner.dashboard_views import publish_figures
 from tuner.errors import ServiceError, UserError
 from tuner.objective import Objective, Progress
 from tuner.runner.budget import BUDGET_ATTR, DONE, START, WAIT, next_step, set_budget
@@ -200,6 +201,20 @@ class Worker:
         for callback in callbacks:
             callback(self.study, frozen)
         discard(self.study, frozen, self.store, released)
+        if state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self._publish()
+
+    def _publish(self) -> None:
+        """Refresh the study's VAE figures for optuna-dashboard (best effort: a figure that
+        could not be stored now is stored with the next finished trial)."""
+        if not self.lock.acquire(lambda: self.interrupts.requested):
+            return
+        try:
+            publish_figures(self.study)
+        except Exception:  # noqa: BLE001
+            _log.warning("could not store the study's figures", exc_info=True)
+        finally:
+            self.lock.release()
 
     def _requeue(self, trial_id: int) -> None:
         """Best effort: the storage may refuse this write too (then the heartbeat does it)."""
