@@ -285,6 +285,24 @@ def run(
             "spec's (default: beside the SQLite file, or $VAE_TUNE_ARTIFACTS).",
         ),
     ] = None,
+    enqueue: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Run config (e.g. from export-best) to try first; repeat for several. A "
+            "config outside this spec's search space is skipped with the reason.",
+        ),
+    ] = None,
+    warm_start: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STUDY[:TOP_K]",
+            help="Try the TOP_K (default 1) best trials of another vae-tune study first.",
+        ),
+    ] = None,
+    warm_start_storage: Annotated[
+        str | None,
+        typer.Option(help="Storage of the --warm-start study (default: this study's)."),
+    ] = None,
     heartbeat_interval: HeartbeatIntervalOpt = None,
     heartbeat_grace: HeartbeatGraceOpt = None,
     max_retry: MaxRetryOpt = None,
@@ -298,6 +316,7 @@ def run(
     from tuner.runner.launcher import parse_devices, parse_workers, run_study
     from tuner.spec import load_spec
     from tuner.storage import Heartbeat, mask_url
+    from tuner.warm_start import WarmStart
 
     _quiet_optuna()
     overrides = {
@@ -339,6 +358,7 @@ def run(
             workers=n_workers,
             devices=device_list,
             heartbeat=beat,
+            warm_start=WarmStart(tuple(enqueue or ()), warm_start, warm_start_storage),
             on_prepared=header,
             on_trial=progress.trial,
             on_epoch=progress.epoch,

@@ -9,6 +9,7 @@ touches the database.
 from __future__ import annotations
 
 import json
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -116,6 +117,26 @@ class Param(_Strict):
         if self.value is not None:
             return [self.value]
         return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+    def why_not(self, v: Any) -> str | None:
+        """Why `v` is not a value of this parameter (None: it is): for queuing known configs."""
+        if self.kind == "fixed":
+            same = v == self.value or (
+                isinstance(v, int | float) and math.isclose(v, self.value, rel_tol=1e-9)
+            )
+            return None if same else f"is fixed at {self.value!r} in this spec"
+        if self.kind == "categorical":
+            return None if v in self.choices else f"is not one of {self.choices}"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return "is not a number"
+        if self.kind == "int" and v != int(v):
+            return "is not an integer"
+        if not self.low <= v <= self.high:
+            return f"is outside [{self.low}, {self.high}]"
+        steps = (v - self.low) / self.step if self.step else 0
+        if abs(steps - round(steps)) > 1e-9:
+            return f"is not on the step {self.step} from {self.low}"
+        return None
 
     def grid_values(self) -> list[Any] | None:
         if self.value is not None:

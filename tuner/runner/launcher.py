@@ -35,6 +35,7 @@ from tuner.spec import StudySpec, TrainingSpec, validate
 from tuner.storage import Heartbeat, StudyLock, open_storage, sqlite_file
 from tuner.study import Prepared, load_vae_study, prepare, study_heartbeat
 from tuner.train import resolve_device
+from tuner.warm_start import WarmStart
 
 Echo = Callable[..., None]
 WORKER_ENV = ("VAE_TUNE_STUDY_NAME", "VAE_TUNE_SPEC", "VAE_TUNE_THREADS", "VAE_TUNE_ARTIFACTS")
@@ -113,6 +114,7 @@ def run_study(
     workers: int | None = None,
     devices: Sequence[str] = (),
     heartbeat: dict[str, int] | None = None,
+    warm_start: WarmStart | None = None,
     on_prepared: Callable[[Prepared, int], None] | None = None,
     on_trial: Callback | None = None,
     on_epoch: Progress | None = None,
@@ -120,6 +122,7 @@ def run_study(
 ) -> RunOutcome:
     """Create or resume the study of `spec`, add its budget, and run trials until it is spent.
 
+    `warm_start` names known configs to queue first (read before anything is written).
     `on_prepared(prepared, n_workers)` sees the checked spec and loaded data before the
     database is touched; `on_trial` sees each finished trial of this process, `on_epoch`
     each finished epoch (trials in local worker processes print their own).
@@ -130,10 +133,15 @@ def run_study(
         training = spec.training.model_copy(update={"device": devices[0]})
         spec = spec.model_copy(update={"training": training})
     prepared = prepare(spec)
+    known = warm_start.gather(spec.storage) if warm_start else []
+    if known and prepared.grid is not None:
+        raise UserError("--enqueue and --warm-start do not mix with the grid sampler", "sampler")
     if on_prepared is not None:
         on_prepared(prepared, n_workers)
     with Interrupts() as interrupts:
-        study, budget = start_study(prepared, spec.budget.n_trials, spec.budget.timeout, heartbeat)
+        study, budget = start_study(
+            prepared, spec.budget.n_trials, spec.budget.timeout, heartbeat, known, echo
+        )
         if budget["carried"]:
             echo(f"  budget: {budget['carried']} trial(s) left from an earlier run, plus these")
         beat = study_heartbeat(study)
