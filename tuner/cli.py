@@ -123,8 +123,10 @@ def _params(params: dict[str, Any]) -> str:
 
 
 def _trial_line(study: optuna.Study, trial: FrozenTrial) -> None:
+    from tuner.figures import validation_elbo
+
     if trial.state == TrialState.COMPLETE:
-        value = f"{trial.value:9.3f}"
+        value = f"{validation_elbo(trial):9.3f}"
     elif trial.intermediate_values:
         value = f"{trial.intermediate_values[max(trial.intermediate_values)]:9.3f}"
     else:
@@ -173,8 +175,11 @@ class _Progress:
 
     def trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.done += 1
-        if trial.state == TrialState.COMPLETE and (self.best is None or trial.value > self.best):
-            self.best = trial.value
+        from tuner.figures import validation_elbo
+
+        elbo = validation_elbo(trial) if trial.state == TrialState.COMPLETE else None
+        if elbo is not None and (self.best is None or elbo > self.best):
+            self.best = elbo
         _trial_line(study, trial)
 
     def epoch(self, number: int, r: Any, epochs: int) -> None:
@@ -200,7 +205,8 @@ class _Progress:
 
 
 def _summary(study: optuna.Study, started: float, ran: int) -> None:
-    from tuner.study import counts
+    from tuner.figures import validation_elbo
+    from tuner.study import best_trial, counts
 
     c = counts(study)
     typer.echo(
@@ -209,11 +215,23 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
         f"{c['RUNNING']} running, {c['WAITING']} waiting."
     )
     try:
-        best = study.best_trial
+        best = best_trial(study)
     except ValueError:
         typer.echo("No complete trial yet.")
         return
-    typer.echo(f"Best: trial {best.number}, validation ELBO {best.value:.3f} nats/example")
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.values[0])
+        typer.echo(f"Pareto front (rate, distortion in nats/example): {len(front)} trials")
+        for t in front:
+            beta = (t.user_attrs.get("config") or {}).get("beta", float("nan"))
+            typer.echo(
+                f"  trial {t.number:>4}  rate {t.values[0]:8.3f}  distortion {t.values[1]:9.3f}"
+                f"  beta {beta:.3g}"
+            )
+        typer.echo("Pick one: vae-tune export-best --study-name NAME --trial N (or --max-rate R)")
+    typer.echo(
+        f"Best: trial {best.number}, validation ELBO {validation_elbo(best):.3f} nats/example"
+    )
     typer.echo(f"  {_params(best.params)}")
     finished = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
     collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in finished)
@@ -497,6 +515,8 @@ def studies(
         t = r["trials"]
         best = f"{r['best_value']:.3f}" if r["best_value"] is not None else "-"
         name = _printable(r["study"]) + ("" if r["vae_tune"] else " (not vae-tune)")
+        if r["pareto_front"] is not None:
+            name += f" (rate-distortion front of {len(r['pareto_front'])})"
         table.add_row(
             name,
             str(t["complete"]),
@@ -534,8 +554,23 @@ def export_best(
         bool,
         typer.Option("--json", help="Print the config as JSON on stdout (for scripts)."),
     ] = False,
+    trial: Annotated[
+        int | None, typer.Option(min=0, help="Export this trial instead of the best.")
+    ] = None,
+    max_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Export the trial with the least distortion whose rate (validation KL) is at "
+            "most this many nats: a point on a rate-distortion front.",
+        ),
+    ] = None,
 ) -> None:
-    """Write the best trial's full training config; `vae-tune train FILE` reproduces it."""
+    """Write a trial's full training config; `vae-tune train FILE` reproduces it.
+
+    By default the trial with the best validation ELBO (in a rate_distortion study: the point
+    of the Pareto front with the best ELBO); --trial or --max-rate choose another.
+    """
     import json
 
     from tuner.export import best_config, write_config
@@ -543,17 +578,20 @@ def export_best(
 
     if output is None and not json_out:
         raise UserError("give --output FILE, or --json to print the config", "output")
+    if trial is not None and max_rate is not None:
+        raise UserError("give --trial or --max-rate, not both", "trial")
     if output is not None:
         check_writable(output)
     study = _existing_study(study_name, storage)
-    config = best_config(study)
+    config = best_config(study, trial, max_rate)
     if output is not None:
         write_config(config, output)
     src = config["source"]
     if json_out:
         typer.echo(json.dumps(config, indent=2))
     else:
-        typer.echo(f"wrote {output}: trial {src['trial']}, validation ELBO {src['value']:.3f}")
+        rd = f", rate {src['rate']:.3f}, distortion {src['distortion']:.3f}" if src["rate"] else ""
+        typer.echo(f"wrote {output}: trial {src['trial']}, validation ELBO {src['value']:.3f}{rd}")
 
 
 @app.command()

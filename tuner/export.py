@@ -1,4 +1,5 @@
-"""Export the best trial as a run config that `vae-tune train` reproduces."""
+"""Export a trial (the best, or a chosen point of a rate–distortion front) as a run config
+that `vae-tune train` reproduces."""
 
 from __future__ import annotations
 
@@ -8,30 +9,58 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import UserError
+from tuner.figures import rate_distortion, validation_elbo, with_diagnostics
 from tuner.files import write_atomic
 from tuner.spec import RunConfig
+from tuner.study import best_trial
 
 
-def best_config(study: optuna.Study) -> dict[str, Any]:
-    """The best trial's full training config, with where it came from under `source`."""
-    try:
-        best = study.best_trial
-    except ValueError:
+def _pick(study: optuna.Study, trial: int | None, max_rate: float | None) -> FrozenTrial:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
         raise UserError(
             f"study {study.study_name!r} has no complete trial yet; run more trials first",
             "study_name",
-        ) from None
+        )
+    if trial is not None:
+        found = [t for t in complete if t.number == trial]
+        if not found:
+            raise UserError(f"study {study.study_name!r} has no complete trial {trial}", "trial")
+        return found[0]
+    if max_rate is not None:
+        fits = [t for t in with_diagnostics(complete) if rate_distortion(t)[0] <= max_rate]
+        if not fits:
+            least = min(rate_distortion(t)[0] for t in with_diagnostics(complete))
+            raise UserError(
+                f"no complete trial has rate <= {max_rate} nats (the least is {least:.3f})",
+                "max_rate",
+            )
+        return min(fits, key=lambda t: rate_distortion(t)[1])  # least distortion
+    return best_trial(study)
+
+
+def best_config(
+    study: optuna.Study, trial: int | None = None, max_rate: float | None = None
+) -> dict[str, Any]:
+    """A trial's full training config, with where it came from under `source`: the best by
+    validation ELBO, trial number `trial`, or the least distortion with rate <= `max_rate`
+    (a point on a rate–distortion front)."""
+    best = _pick(study, trial, max_rate)
     if "config" not in best.user_attrs:
         raise UserError(
             f"trial {best.number} of study {study.study_name!r} has no stored config", "study_name"
         )
     config = RunConfig.model_validate(best.user_attrs["config"])
+    rate, distortion = rate_distortion(best) if "val_kl" in best.user_attrs else (None, None)
     config.source = {
         "study": study.study_name,
         "trial": best.number,
-        "value": best.value,
+        "value": validation_elbo(best),
+        "rate": rate,
+        "distortion": distortion,
         "params": best.params,
     }
     return config.model_dump(mode="json")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+CURVE_ATTR = "val_elbo_curve"  # trial user attr: validation ELBO per epoch, where Optuna has none
 RATE = "rate: KL(q(z|x) ‖ p(z)) (nats/example)"
 DISTORTION = "distortion: −E[log p(x|z)] (nats/example)"
 
@@ -187,7 +188,7 @@ def elbo_curve(trial: FrozenTrial) -> list[tuple[int, float]]:
     cannot report them (multi-objective studies)."""
     if trial.intermediate_values:
         return sorted(trial.intermediate_values.items())
-    return [(i + 1, v) for i, v in enumerate(trial.user_attrs.get("val_elbo_curve") or [])]
+    return [(i + 1, v) for i, v in enumerate(trial.user_attrs.get(CURVE_ATTR) or [])]
 
 
 def learning_curves_figure(trials: Sequence[FrozenTrial]) -> go.Figure:

@@ -19,6 +19,7 @@ from tuner.checkpoint import seed_number
 from tuner.dashboard_views import save_trial_note
 from tuner.datasets import Splits
 from tuner.diagnostics import iw_nll, save_pictures
+from tuner.figures import CURVE_ATTR
 from tuner.search_space import run_config, suggest
 from tuner.seeds import derive
 from tuner.spec import StudySpec
@@ -28,7 +29,8 @@ Progress = Callable[[int, EpochResult, int], None]  # (trial number, epoch resul
 
 
 class Objective:
-    """Callable for `study.optimize`; maximizes the validation ELBO (beta = 1, nats/example)."""
+    """Callable for `study.optimize`: the validation ELBO (beta = 1, nats/example) to maximize,
+    or with `objective: rate_distortion` the validation (rate, distortion) to minimize."""
 
     def __init__(
         self,
@@ -48,7 +50,7 @@ class Objective:
         self.should_stop = should_stop
         self.progress = progress
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
             value = self._run(trial)
         except optuna.TrialPruned:
@@ -57,12 +59,14 @@ class Objective:
         save_trial_note(trial, "complete")
         return value
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
         config = run_config(self.spec, suggest(trial, self.spec.search_space), seed_number(trial))
         trial.set_user_attr("config", config.model_dump(mode="json", exclude={"source"}))
         trial.set_user_attr("seed", config.seed)
         prune_collapse = self.spec.training.collapse == "prune"
+        multi = self.spec.objective == "rate_distortion"
+        curve: list[float] = list(trial.user_attrs.get(CURVE_ATTR) or [])  # a retry's so far
 
         def on_epoch(run: TrainResult) -> None:
             r = run.final
@@ -70,7 +74,11 @@ class Objective:
                 trial.set_user_attr("device", str(run.device))
                 trial.set_user_attr("precision", run.precision)
                 trial.set_user_attr("num_parameters", run.num_parameters)
-            trial.report(r.val.elbo, r.epoch)
+            if multi:  # Optuna takes no intermediate values here: keep the curve ourselves
+                curve[r.epoch - 1 :] = [round(r.val.elbo, 4)]
+                trial.set_user_attr(CURVE_ATTR, curve)
+            else:
+                trial.report(r.val.elbo, r.epoch)
             if self.progress is not None:
                 self.progress(trial.number, r, config.epochs)
             trial.set_user_attr("epochs_run", r.epoch)
@@ -79,7 +87,7 @@ class Objective:
                 reason = f"posterior collapse: no active units after epoch {r.epoch}"
                 trial.set_user_attr("stop_reason", reason)
                 raise optuna.TrialPruned(reason)
-            if trial.should_prune():
+            if not multi and trial.should_prune():
                 _record(trial, run)
                 trial.set_user_attr("stop_reason", f"pruned after epoch {r.epoch}")
                 raise optuna.TrialPruned(f"validation ELBO {r.val.elbo:.2f} fell behind")
@@ -106,7 +114,8 @@ class Objective:
             trial.set_user_attr("iw_examples", len(x_nll))
         if self.spec.training.pictures:
             self._pictures(trial, result, x_val)
-        return result.final.val.elbo
+        val = result.final.val
+        return (val.kl, -val.recon) if multi else val.elbo
 
     def _pictures(self, trial: optuna.Trial, result: TrainResult, x_val) -> None:
         store = open_artifact_store(self.spec.storage, self.spec.artifact_dir)

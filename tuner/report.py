@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -121,7 +122,11 @@ def _optuna_figures(study: optuna.Study, n_complete: int) -> dict[str, Callable[
     else:
         figures["Optimization history"] = lambda: vis.plot_optimization_history(study)
     if n_complete >= 2:
-        figures["Hyperparameter importances"] = lambda: vis.plot_param_importances(study, **target)
+        # Optuna's evaluator ranks what achieves *low* targets: give it the ELBO's negative
+        loss = {"target": lambda t: -validation_elbo(t), "target_name": "negative ELBO"}
+        figures["Hyperparameter importances"] = lambda: vis.plot_param_importances(
+            study, **(loss if multi else {})
+        )
     figures["Parallel coordinates"] = lambda: vis.plot_parallel_coordinate(study, **target)
     figures["Slices: validation ELBO against each parameter"] = lambda: vis.plot_slice(
         study, **target
@@ -153,7 +158,9 @@ def write_report(
         body, drawn = [], []
         for title, make in figures.items():
             try:
-                fig = make()
+                with warnings.catch_warnings():  # "computes importances of low targets": ours
+                    warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator")
+                    fig = make()
             except (RuntimeError, ValueError):
                 continue  # e.g. too few distinct trials for an importance estimate
             fig.update_layout(title=None, height=460)  # the heading names it

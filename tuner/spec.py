@@ -309,6 +309,8 @@ def _check_device(device: str) -> str:
 
 
 Precision = Literal["auto", "fp32", "bf16"]
+Objective = Literal["elbo", "rate_distortion"]
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 
 
 class TrainingSpec(_Strict):
@@ -364,6 +366,35 @@ class StudySpec(_Strict):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    objective: Objective = Field(
+        "elbo",
+        description="elbo: maximize the validation ELBO; rate_distortion: minimize rate (KL) "
+        "and distortion (-E[log p(x|z)]) together, a Pareto front (no pruning)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pruner_by_default_for_two_objectives(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("objective") == "rate_distortion":
+            data.setdefault("pruner", "none")
+        return data
+
+    @model_validator(mode="after")
+    def _two_objectives_fit(self) -> StudySpec:
+        if self.objective == "rate_distortion":
+            if self.pruner.name != "none":
+                raise _fail(
+                    "pruner.name",
+                    "objective rate_distortion is a two-objective study, which Optuna cannot "
+                    f"prune: use pruner none, not {self.pruner.name!r}",
+                )
+            if self.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
+                raise _fail(
+                    "sampler.name",
+                    f"sampler {self.sampler.name!r} cannot optimize two objectives "
+                    "(objective rate_distortion): use tpe, gp, random or qmc",
+                )
+        return self
 
 
 class RunConfig(TrainingKnobs):

@@ -33,6 +33,22 @@ HEARTBEAT_ATTR = "heartbeat"
 SPEC_ATTR = "spec"
 
 
+# spec objective -> (Optuna directions, metric names, what the study optimizes in words)
+OBJECTIVES = {
+    "elbo": (
+        ["maximize"],
+        ["validation ELBO (nats/example)"],
+        "validation ELBO at beta=1, nats per example (maximize)",
+    ),
+    "rate_distortion": (
+        ["minimize", "minimize"],
+        ["rate: KL (nats/example)", "distortion: -E[log p(x|z)] (nats/example)"],
+        "validation rate (KL) and distortion (-E[log p(x|z)]), nats per example (minimize "
+        "both: a Pareto front)",
+    ),
+}
+
+
 @dataclass
 class Prepared:
     """A validated spec with everything built from it: what a worker needs to run trials."""
@@ -120,21 +136,29 @@ def open_study(
     time: workers that join follow the latest `run`.
     """
     spec = prepared.spec
+    directions, names, described = OBJECTIVES[spec.objective]
     if spec.study_name in optuna.get_all_study_names(storage):
         study = load_vae_study(spec.study_name, spec.storage, storage, prepared)
+        if [d.name.lower() for d in study.directions] != directions:
+            raise UserError(
+                f"study {spec.study_name!r} exists with another objective than "
+                f"{spec.objective!r} ({study.user_attrs.get('objective', '?')}): choose another "
+                "study name",
+                "objective",
+            )
     else:
         study = optuna.create_study(
             storage=storage,
             study_name=spec.study_name,
             sampler=prepared.sampler,
             pruner=prepared.pruner,
-            direction="maximize",
+            directions=directions,
         )
         study.set_user_attr(MARKER_ATTR, __version__)  # makes it self-describing, and ours
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", ExperimentalWarning)
-            study.set_metric_names(["validation ELBO (nats/example)"])
-        study.set_user_attr("objective", "validation ELBO at beta=1, nats per example (maximize)")
+            study.set_metric_names(names)
+        study.set_user_attr("objective", described)
     beat = study_heartbeat(study, heartbeat)
     use_heartbeat(storage, beat)
     study.set_user_attr(SPEC_ATTR, stored_spec(spec))
@@ -159,24 +183,31 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def study_rows(storage_url: str) -> list[dict[str, Any]]:
-    """One row per study in a storage (read only): trials by state, the best value and its
-    architecture, whether vae-tune made it."""
+    """One row per study in a storage (read only): trials by state, the best validation ELBO
+    and its architecture (two-objective studies: also the Pareto front's trials), whether
+    vae-tune made it."""
     storage = open_storage(storage_url, must_exist=True)
     rows = []
     try:
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            best = summary.best_trial
+            try:
+                best = best_trial(study) if MARKER_ATTR in summary.user_attrs else None
+            except ValueError:
+                best = None
             model = (best.user_attrs.get("config") or {}).get("model", {}) if best else {}
             started = summary.datetime_start
+            multi = len(summary.directions) > 1
             rows.append(
                 {
                     "study": summary.study_name,
                     "vae_tune": MARKER_ATTR in summary.user_attrs,
+                    "objective": "rate_distortion" if multi else "elbo",
                     "trials": {k.lower(): v for k, v in counts(study).items()},
-                    "best_value": best.value if best else None,
+                    "best_value": validation_elbo(best) if best else None,
                     "best_trial": best.number if best else None,
                     "best_architecture": model.get("architecture"),
+                    "pareto_front": [t.number for t in study.best_trials] if multi else None,
                     "started": started.isoformat(timespec="seconds") if started else None,
                 }
             )
