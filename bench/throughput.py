@@ -8,20 +8,27 @@ medians are quoted. Data are MNIST-shaped random binary images: throughput does 
 what the pixels show.
 
     python bench/throughput.py [--examples 20000] [--epochs 3] [--batch-size 128] [--repeats 5]
-        [--hidden 400] [--depth 1] [--latent 20]
+        [--hidden 400] [--depth 1] [--latent 20] [--workers 2]
+
+With --workers N (default: the cores) it also prints the trials per hour of N concurrent
+single-threaded trainings (what `vae-tune run --workers auto` does on a CPU) against one
+training that uses all N threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from models import build_model
 from models.losses import bernoulli_log_likelihood, gaussian_kl
 from tuner.datasets import Splits
+from tuner.hardware import available_cores
 from tuner.spec import RunConfig
 from tuner.train import resolve_device, set_threads, train
 
@@ -71,6 +78,29 @@ def project(splits: Splits, epochs: int, batch_size: int, device: str, precision
     return train(config, splits).final.examples_per_s
 
 
+def _timed_training(args: tuple) -> tuple[float, float]:
+    """One training in a worker process with `threads` torch threads: (start, end) times."""
+    x, epochs, batch_size, precision, threads = args
+    set_threads(threads)
+    splits = Splits(train=x, val=x[:1000], test=x[:1000])
+    project(splits, 1, batch_size, "cpu", precision)  # warm up (first-call costs)
+    started = time.time()
+    project(splits, epochs, batch_size, "cpu", precision)
+    return started, time.time()
+
+
+def trials_per_hour(
+    x: torch.Tensor, workers: int, threads: int, epochs: int, batch_size: int, precision: str
+) -> float:
+    """Trainings per hour when `workers` processes of `threads` threads each train at once."""
+    ctx = multiprocessing.get_context("spawn")
+    job = (x, epochs, batch_size, precision, threads)
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        spans = list(pool.map(_timed_training, [job] * workers))
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    return workers * 3600 / wall
+
+
 def train_flops_per_example(image_shape: tuple[int, int]) -> float:
     """Multiply-adds of the MLP's linear layers x 2 (FLOPs), x 3 for forward plus backward."""
     model = build_model(MODEL, image_shape)
@@ -104,6 +134,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=1)
     ap.add_argument("--latent", type=int, default=20)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=available_cores(), help="0: skip that row")
     args = ap.parse_args()
     MODEL.update(hidden_dim=args.hidden, depth=args.depth, latent_dim=args.latent)
 
@@ -142,6 +173,17 @@ def main() -> None:
         f"bf16 / fp32 (trainer): {med[('ours', 'bf16')] / med[('ours', 'fp32')]:.2f}x; "
         "trainer / hand-loop target >= 0.95"
     )
+    if args.workers > 1 and device.type == "cpu":
+        n = args.workers
+        rows: dict[str, list[float]] = {"one": [], "many": []}
+        for _ in range(args.repeats):  # interleaved
+            rows["one"].append(trials_per_hour(x, 1, n, args.epochs, args.batch_size, "auto"))
+            rows["many"].append(trials_per_hour(x, n, 1, args.epochs, args.batch_size, "auto"))
+        one, many = (statistics.median(rows[k]) for k in ("one", "many"))
+        print(
+            f"trials/hour, precision auto: 1 worker x {n} threads {one:,.0f}; {n} workers x 1 "
+            f"thread {many:,.0f}: {many / one:.2f}x (target >= 1.3)"
+        )
 
 
 if __name__ == "__main__":
