@@ -542,13 +542,32 @@ def train(
     config: Annotated[
         Path, typer.Argument(help="Run config (.yaml/.json), e.g. from export-best.")
     ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the model as a run directory: config.yaml, model.pt, metrics.json and "
+            "pictures, for `vae-tune sample` and `vae-tune evaluate`. Missing parent folders are "
+            "made; the folder appears whole or not at all.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an --output folder that is not empty.")
+    ] = False,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write only the model file (model.pt format) here; prefer --output, which "
+            "keeps the metrics and pictures beside it.",
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    save: Annotated[Path | None, typer.Option(help="Save the trained weights here (.pt).")] = None,
 ) -> None:
     """Train one config, printing validation ELBO per epoch and the test ELBO at the end.
 
     Runs the same code as a tuning trial, so an exported best config reproduces its value.
+    The outputs are checked before training starts: an --output folder that is not empty
+    needs --force.
     """
     from tuner.reproduce import reproduce
     from tuner.spec import RunConfig, read_yaml, validate
@@ -565,11 +584,18 @@ def train(
             f"{r.val.active_units} active units)  {r.examples_per_s:,.0f} ex/s"
         )
 
-    done = reproduce(run_config, show, save)
+    done = reproduce(run_config, show, save, output, force)
     test = done.test
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:
-        typer.echo(f"saved weights to {save}")
+        typer.echo(f"saved the model to {save}")
+    if output is not None:
+        typer.echo(f"wrote {output}/: {', '.join(done.written)}")
+        run_dir = shlex.quote(str(output))
+        typer.echo(
+            f"Next: vae-tune sample {run_dir} --reconstruct --interpolate --traverse; "
+            f"vae-tune evaluate {run_dir}"
+        )
 
 
 def _check_port_free(host: str, port: int) -> None:
