@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import shlex
 import sys
@@ -596,6 +597,77 @@ def train(
             f"Next: vae-tune sample {run_dir} --reconstruct --interpolate --traverse; "
             f"vae-tune evaluate {run_dir}"
         )
+
+
+class Around(str, enum.Enum):
+    image = "image"
+    zero = "zero"
+
+
+RunArg = Annotated[
+    Path,
+    typer.Argument(help="Run directory written by `vae-tune train CONFIG --output RUN`."),
+]
+RunDeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="auto, cpu, cuda or cuda:N (default: the run config's; auto picks CUDA)."),
+]
+
+
+@app.command()
+@_user_errors
+def sample(
+    run: RunArg,
+    n: Annotated[int, typer.Option(min=1, max=1024, help="Prior samples to draw.")] = 64,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Scale of the prior noise: z ~ N(0, T^2 I).")
+    ] = 1.0,
+    reconstruct: Annotated[
+        bool, typer.Option(help="Also draw 16 test images beside their reconstructions.")
+    ] = False,
+    interpolate: Annotated[
+        bool,
+        typer.Option(
+            help="Also draw paths in latent space between pairs of test images, linear and "
+            "spherical."
+        ),
+    ] = False,
+    traverse: Annotated[
+        bool,
+        typer.Option(
+            help="Also draw one row per latent dimension (highest KL first) from -3 to +3 "
+            "prior standard deviations; collapsed dimensions are marked inactive."
+        ),
+    ] = False,
+    traverse_around: Annotated[
+        Around,
+        typer.Option(help="Traverse around the posterior mean of a test image, or around zero."),
+    ] = Around.image,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the noise and of the test images shown (same seed, same files)."
+        ),
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the pictures (default: RUN/pictures).")
+    ] = None,
+    device: RunDeviceOpt = None,
+) -> None:
+    """Draw labelled PNG grids from a trained model: prior samples, and on request
+    reconstructions, interpolations and latent traversals.
+
+    Each picture carries a caption saying what it shows, which run and which seed. Works for
+    every architecture and likelihood (the images shown are the means of p(x|z)).
+    """
+    from tuner.rundir import open_run
+    from tuner.sampling import Request, draw_pictures
+
+    request = Request(
+        n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed
+    )
+    for path in draw_pictures(open_run(run, device), request, out):
+        typer.echo(str(path))
 
 
 def _check_port_free(host: str, port: int) -> None:

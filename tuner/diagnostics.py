@@ -54,8 +54,9 @@ def iw_nll(
     return -total.item() / len(x)
 
 
-def _grid(images: torch.Tensor, cols: int) -> Image.Image:
-    """N x H x W in [0, 1] -> one greyscale picture, `cols` images a row, 1-pixel gaps."""
+def image_grid(images: torch.Tensor, cols: int, scale: int | None = None) -> Image.Image:
+    """N x H x W in [0, 1] -> one greyscale picture, `cols` images a row, 1-pixel white gaps,
+    enlarged `scale` times (default: small images up to about 256 pixels wide)."""
     n, h, w = images.shape
     rows = math.ceil(n / cols)
     canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1), dtype=np.float32)
@@ -63,7 +64,8 @@ def _grid(images: torch.Tensor, cols: int) -> Image.Image:
         r, c = divmod(i, cols)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
     picture = Image.fromarray((canvas * 255).round().astype(np.uint8), mode="L")
-    scale = max(1, 256 // picture.width)  # 8x8 digits would be unreadably small
+    if scale is None:
+        scale = max(1, 256 // picture.width)  # 8x8 digits would be unreadably small
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
@@ -82,6 +84,6 @@ def save_pictures(
     samples = likelihood.mean(model.decode(z))
     model.train(was_training)
     paths = [folder / "reconstructions.png", folder / "samples.png"]
-    _grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
-    _grid(samples, cols=n).save(paths[1])
+    image_grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
+    image_grid(samples, cols=n).save(paths[1])
     return paths
