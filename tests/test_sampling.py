@@ -163,7 +163,7 @@ def test_a_tampered_model_is_refused_with_exit_2(cli, digits_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
     torch.save({"format": "vae-tune model", "x": Path("evil")}, run / "model.pt")
-    for command in ("sample",):
+    for command in ("sample", "evaluate"):
         result = cli(command, run)
         assert result.exit_code == 2, result.output
         (line,) = result.output.strip().splitlines()

@@ -670,6 +670,141 @@ def sample(
         typer.echo(str(path))
 
 
+class _StageProgress:
+    """Progress of a long service call by stages: on a terminal a rich progress bar per stage,
+    otherwise one plain line when a stage starts and ends, and at most one between every
+    PROGRESS_EVERY_S seconds."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.last_line = time.monotonic()
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress()
+
+    def __enter__(self) -> _StageProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(stage, total=total)
+            self.bar.update(self.tasks[stage], completed=done)
+            return
+        now = time.monotonic()
+        if done in (0, total) or now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            state = "done" if done == total else f"{done}/{total}" if done else "started"
+            typer.echo(f"{stage}: {state}")
+
+
+def _evaluation_table(block: dict[str, Any], run: Path) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"evaluation of {run} (nats per test image)", title_justify="left")
+    for name, justify in (("measure", "left"), ("value", "right"), ("notes", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    n, e, iw = block["examples"], block["test_elbo"], block["iw_nll"]
+    table.add_row(
+        "test ELBO", f"{e['elbo']:.3f}", f"recon {e['recon']:.3f}, KL {e['kl']:.3f}; {n} images"
+    )
+    table.add_row(
+        f"test IW-NLL, k = {iw['k']}",
+        f"{iw['nll']:.3f} ± {iw['se']:.3f}",
+        "-log p(x) bound (Burda et al. 2016); ± standard error over the images",
+    )
+    kls = sorted(block["kl_per_dim"], reverse=True)
+    table.add_row(
+        "active units",
+        f"{block['active_units']} of {block['latent_dim']}",
+        "KL per dimension: "
+        + ", ".join(f"{v:.2f}" for v in kls[:12])
+        + (", ..." if len(kls) > 12 else ""),
+    )
+    mi = block["mutual_information"]
+    table.add_row(
+        "mutual information I(x; z)",
+        f"{mi['mi']:.3f}",
+        f"of at most log {mi['examples']} = {mi['bound']:.2f}; KL(q(z)||p(z)) "
+        f"{mi['marginal_kl']:.3f} (Hoffman & Johnson 2016)",
+    )
+    gap = block["amortization_gap"]
+    if "skipped" in gap:
+        table.add_row("amortization gap", "-", f"skipped: {gap['skipped']}")
+    else:
+        table.add_row(
+            "amortization gap",
+            f"{gap['gap']:.3f} ± {gap['gap_se']:.3f}",
+            f"ELBO {gap['encoder_elbo']:.3f} (encoder) -> {gap['optimized_elbo']:.3f} "
+            f"(q optimized per image, {gap['steps']} Adam steps), {gap['examples']} images",
+        )
+    fcd = block["frechet_classifier_distance"]
+    if "skipped" in fcd:
+        table.add_row("Fréchet classifier distance", "-", f"skipped: {fcd['skipped']}")
+    else:
+        table.add_row(
+            "Fréchet classifier distance",
+            f"{fcd['distance']:.3f}",
+            f"{fcd['examples']} samples vs test images; real floor (train vs test) "
+            f"{fcd['floor']:.3f}; classifier test accuracy {fcd['accuracy']:.1%}",
+        )
+    return table
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run: RunArg,
+    k: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=5000,
+            help="Importance samples per test image for the IW-NLL (Burda et al. use 5000).",
+        ),
+    ] = 1000,
+    examples: Annotated[
+        int | None, typer.Option(min=1, help="Score only the first N test images (default all).")
+    ] = None,
+    gap_examples: Annotated[
+        int,
+        typer.Option(min=0, help="Test images the amortization gap optimizes q for (0: skip)."),
+    ] = 100,
+    gap_steps: Annotated[
+        int, typer.Option(min=1, help="Adam steps of the per-image q optimization.")
+    ] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw of the evaluation.")] = 0,
+    device: RunDeviceOpt = None,
+) -> None:
+    """Score a trained model on the test split and add an `evaluation` block to RUN/metrics.json.
+
+    Reports the importance-weighted NLL (with its standard error), active units, KL per
+    dimension and the mutual information I(x; z) (collapse shows as ~0), the amortization gap
+    of the encoder, and sample quality as a Fréchet distance in the features of a small
+    classifier trained (once, then cached) on the dataset's labels, beside the distance
+    between real train and test images as its floor.
+    """
+    from rich.console import Console
+
+    from tuner.evaluation import Request, evaluate_run
+    from tuner.rundir import METRICS, open_run
+
+    opened = open_run(run, device)
+    request = Request(k, examples, gap_examples, gap_steps, seed)
+    with _StageProgress() as progress:
+        block = evaluate_run(opened, request, progress)
+    Console(width=max(110, Console().width), soft_wrap=False).print(_evaluation_table(block, run))
+    typer.echo(f"added the evaluation to {run / METRICS} ({block['seconds']:.0f} s)")
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Fail with one line before starting the server if the port is taken."""
     import socket

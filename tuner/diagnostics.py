@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from models.losses import reparameterize
 
 
 @torch.no_grad()
-def iw_nll(
+def iw_log_px(
     model: VAE,
     likelihood: Likelihood,
     x: torch.Tensor,
@@ -23,16 +24,18 @@ def iw_nll(
     seed: int,
     batch_size: int = 256,
     chunk: int = 100,
-) -> float:
-    """Importance-weighted estimate of -log p(x) (Burda et al. 2016), nats per example.
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Importance-weighted estimates of log p(x) (Burda et al. 2016), one per example, float64.
 
     log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x); k = 1 is the ELBO and the bound tightens
-    as k grows. Samples are drawn `chunk` at a time and combined with a streaming log-sum-exp.
+    as k grows. Samples are drawn `chunk` at a time, all images of a batch decoded together,
+    and combined with a streaming log-sum-exp in float64. `progress` sees the examples done.
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    total = torch.zeros((), device=x.device, dtype=torch.float64)
+    out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         mu, logvar = model.encode(xb)
@@ -49,9 +52,24 @@ def iw_nll(
             ).sum(-1)
             log_w = log_px.view(m, len(xb)).double() + (log_pz - log_qz).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-        total += (acc - math.log(k)).sum()
+        out.append(acc - math.log(k))
+        if progress is not None:
+            progress(min(start + batch_size, len(x)))
     model.train(was_training)
-    return -total.item() / len(x)
+    return torch.cat(out)
+
+
+def iw_nll(
+    model: VAE,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    k: int,
+    seed: int,
+    batch_size: int = 256,
+    chunk: int = 100,
+) -> float:
+    """Importance-weighted NLL, nats per example: the mean of -`iw_log_px`."""
+    return -iw_log_px(model, likelihood, x, k, seed, batch_size, chunk).mean().item()
 
 
 def image_grid(images: torch.Tensor, cols: int, scale: int | None = None) -> Image.Image:
