@@ -17,12 +17,6 @@ from tuner.cli import app
 from tuner.frechet import frechet_distance
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path_factory, monkeypatch):
-    """The feature classifier is cached in a folder of the tests', never the user's."""
-    monkeypatch.setenv("VAE_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _train(folder: Path, **changes) -> Path:
     config = {
         "dataset": {"name": "digits"},

@@ -174,3 +174,21 @@ def test_a_tampered_model_is_refused_with_exit_2(cli, digits_run, tmp_path):
 def test_a_missing_run_is_one_line(cli, tmp_path):
     result = cli("sample", tmp_path / "nowhere")
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_a_run_whose_data_moved_is_pointed_at_it_with_data_dir(cli, tmp_path):
+    from test_dataset_files import write_family
+
+    write_family(tmp_path / "here", compress=True, n=(40, 12))
+    dataset = {"name": "mnist", "data_dir": str(tmp_path / "here"), "val_fraction": 0.2}
+    run = train_run(cli, tmp_path, "mlp", {"name": "bernoulli"}, dataset)
+    (tmp_path / "here").rename(tmp_path / "there")
+    lost = cli("sample", run, "--reconstruct")
+    assert lost.exit_code == 2 and str(tmp_path / "here") in lost.output
+    found = cli("sample", run, "--reconstruct", "--data-dir", tmp_path / "there")
+    assert found.exit_code == 0, found.output
+    assert (run / "pictures" / "reconstructions.png").is_file()
+    again = cli(
+        "evaluate", run, "--k", "3", "--gap-examples", "0", "--data-dir", tmp_path / "there"
+    )
+    assert again.exit_code == 0, again.output

@@ -59,6 +59,14 @@ StorageOpt = Annotated[
     ),
 ]
 
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder holding the dataset's IDX files, if not where the run config says "
+        "(overrides dataset.data_dir)."
+    ),
+]
+
 
 HeartbeatIntervalOpt = Annotated[
     int | None,
@@ -563,6 +571,7 @@ def train(
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Train one config, printing validation ELBO per epoch and the test ELBO at the end.
 
@@ -571,10 +580,12 @@ def train(
     needs --force.
     """
     from tuner.reproduce import reproduce
-    from tuner.spec import RunConfig, read_yaml, validate
+    from tuner.spec import RunConfig, read_yaml, set_path, validate
 
     data, path = read_yaml(config, shipped=False)
     data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
+    if data_dir is not None:
+        set_path(data, "dataset.data_dir", data_dir)
     run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
 
     def show(run: Any) -> None:
@@ -653,6 +664,7 @@ def sample(
         Path | None, typer.Option(help="Folder for the pictures (default: RUN/pictures).")
     ] = None,
     device: RunDeviceOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Draw labelled PNG grids from a trained model: prior samples, and on request
     reconstructions, interpolations and latent traversals.
@@ -666,7 +678,7 @@ def sample(
     request = Request(
         n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed
     )
-    for path in draw_pictures(open_run(run, device), request, out):
+    for path in draw_pictures(open_run(run, device, data_dir), request, out):
         typer.echo(str(path))
 
 
@@ -783,6 +795,7 @@ def evaluate(
     ] = 300,
     seed: Annotated[int, typer.Option(help="Seed of every random draw of the evaluation.")] = 0,
     device: RunDeviceOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Score a trained model on the test split and add an `evaluation` block to RUN/metrics.json.
 
@@ -797,7 +810,7 @@ def evaluate(
     from tuner.evaluation import Request, evaluate_run
     from tuner.rundir import METRICS, open_run
 
-    opened = open_run(run, device)
+    opened = open_run(run, device, data_dir)
     request = Request(k, examples, gap_examples, gap_steps, seed)
     with _StageProgress() as progress:
         block = evaluate_run(opened, request, progress)

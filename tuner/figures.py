@@ -70,7 +70,7 @@ def figure(caption: str, blocks: list[Block]) -> tuple[Image.Image, dict]:
     widest = max(len(b.rows[0]) * (w + 1) + 1 for b in blocks)
     scale = max(1, MIN_WIDTH // widest)
     labels = [label for b in blocks for label in b.row_labels]
-    label_w = int(max((font.getlength(t) for t in labels), default=0)) + 2 * PAD if labels else 0
+    label_w = int(max((font.getlength(t) for t in labels), default=0)) + 3 * PAD if labels else 0
     width = max(MIN_WIDTH, label_w + widest * scale)
     parts: list[tuple[Image.Image, int, dict | None]] = [
         (_text_strip(caption, width, font), 0, None)

@@ -102,8 +102,9 @@ class Run:
         return self.path / PICTURES
 
 
-def open_run(path: Path, device: str | None = None) -> Run:
-    """Open RUN (a folder written by `vae-tune train --output`) with its model on `device`."""
+def open_run(path: Path, device: str | None = None, data_dir: str | None = None) -> Run:
+    """Open RUN (a folder written by `vae-tune train --output`) with its model on `device`;
+    `data_dir` says where its dataset's files are now (when the run moved machines)."""
     path = Path(path)
     if not path.is_dir():
         hint = (
@@ -115,7 +116,11 @@ def open_run(path: Path, device: str | None = None) -> Run:
             f"{path} holds no {MODEL}; make a run with `vae-tune train CONFIG --output {path}`",
             "run",
         )
-    return Run(path, load_model(path / MODEL, device))
+    saved = load_model(path / MODEL, device)
+    if data_dir is not None:
+        dataset = saved.config.dataset.model_copy(update={"data_dir": data_dir})
+        saved.config = saved.config.model_copy(update={"dataset": dataset})
+    return Run(path, saved)
 
 
 def read_metrics(run: Run) -> dict[str, Any]:
