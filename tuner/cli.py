@@ -672,13 +672,12 @@ def sample(
     Each picture carries a caption saying what it shows, which run and which seed. Works for
     every architecture and likelihood (the images shown are the means of p(x|z)).
     """
-    from tuner.rundir import open_run
     from tuner.sampling import Request, draw_pictures
 
     request = Request(
         n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed
     )
-    for path in draw_pictures(open_run(run, device, data_dir), request, out):
+    for path in draw_pictures(run, request, out, device, data_dir):
         typer.echo(str(path))
 
 
@@ -808,12 +807,11 @@ def evaluate(
     from rich.console import Console
 
     from tuner.evaluation import Request, evaluate_run
-    from tuner.rundir import METRICS, open_run
+    from tuner.rundir import METRICS
 
-    opened = open_run(run, device, data_dir)
     request = Request(k, examples, gap_examples, gap_steps, seed)
     with _StageProgress() as progress:
-        block = evaluate_run(opened, request, progress)
+        block = evaluate_run(run, request, progress, device, data_dir)
     Console(width=max(110, Console().width), soft_wrap=False).print(_evaluation_table(block, run))
     typer.echo(f"added the evaluation to {run / METRICS} ({block['seconds']:.0f} s)")
 

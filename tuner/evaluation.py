@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from tuner.datasets import load_splits
 from tuner.diagnostics import iw_log_px
 from tuner.frechet import sample_quality
 from tuner.posterior import amortization_gap, mutual_information
-from tuner.rundir import Run, add_metrics
+from tuner.rundir import Run, add_metrics, open_run
 from tuner.seeds import derive
 from tuner.train import eval_targets, evaluate
 
@@ -58,9 +59,17 @@ def _sampler(run: Run, seed: int) -> Callable[[int], torch.Tensor]:
     return sample
 
 
-def evaluate_run(run: Run, request: Request, progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate the run's model, write the block into metrics.json, and return it."""
+def evaluate_run(
+    path: Path,
+    request: Request,
+    progress: Progress | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate the model of the run at `path`, write the block into its metrics.json, and
+    return it. `device` and `data_dir` as for `tuner.rundir.open_run`."""
     started = time.perf_counter()
+    run = open_run(path, device, data_dir)
     config, saved = run.config, run.saved
     model, likelihood, device = saved.model, saved.likelihood, saved.device
     report = progress or (lambda stage, done, total: None)

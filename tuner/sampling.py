@@ -17,7 +17,7 @@ import torch
 from tuner.datasets import load_splits
 from tuner.figures import Block, figure, png_bytes
 from tuner.files import check_new_dir, write_atomic
-from tuner.rundir import Run
+from tuner.rundir import Run, open_run
 from tuner.seeds import derive
 from tuner.train import eval_targets, score_test_split
 
@@ -171,8 +171,16 @@ class _Drawer:
 
 
 @torch.no_grad()
-def draw_pictures(run: Run, request: Request, out: Path | None = None) -> list[Path]:
-    """Write the requested pictures into `out` (default RUN/pictures); returns their paths."""
+def draw_pictures(
+    path: Path,
+    request: Request,
+    out: Path | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+) -> list[Path]:
+    """Write the requested pictures of the run at `path` into `out` (default RUN/pictures);
+    returns their paths. `device` and `data_dir` as for `tuner.rundir.open_run`."""
+    run = open_run(path, device, data_dir)
     folder = out if out is not None else run.pictures
     check_new_dir(folder, force=True, field="out")
     drawer = _Drawer(run, request)
