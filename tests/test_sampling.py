@@ -4,6 +4,7 @@ image shape, the same bytes for the same seed, and a refused model file exits 2.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -163,12 +164,15 @@ def test_a_tampered_model_is_refused_with_exit_2(cli, digits_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
     torch.save({"format": "vae-tune model", "x": Path("evil")}, run / "model.pt")
-    for command in ("sample", "evaluate"):
-        result = cli(command, run)
+    plain = tmp_path / "plain"
+    shutil.copytree(digits_run, plain)
+    (plain / "model.pt").write_bytes(pickle.dumps(Path("evil"), protocol=4))
+    for command, where in [("sample", run), ("evaluate", run), ("sample", plain)]:
+        result = cli(command, where)
         assert result.exit_code == 2, result.output
         (line,) = result.output.strip().splitlines()
         assert "model.pt" in line and "refused" in line
-    assert not (run / "pictures").exists()
+        assert not (where / "pictures").exists()
 
 
 def test_a_missing_run_is_one_line(cli, tmp_path):

@@ -9,6 +9,7 @@ objects: a tampered or foreign file is refused with one line instead of running 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such model file (write one with `vae-tune train --output`)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles: we refuse them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a foreign file may fail in any way: refuse it, whatever it is
         raise UserError(
             f"{path}: not a vae-tune model file, refused ({_reason(err)})", "model"
