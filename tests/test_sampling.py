@@ -196,3 +196,13 @@ def test_a_run_whose_data_moved_is_pointed_at_it_with_data_dir(cli, tmp_path):
         "evaluate", run, "--k", "3", "--gap-examples", "0", "--data-dir", tmp_path / "there"
     )
     assert again.exit_code == 0, again.output
+
+
+def test_traversals_around_zero_say_so(cli, digits_run, tmp_path):
+    result = cli("sample", digits_run, "--traverse", "--traverse-around", "zero", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "around zero" in Image.open(tmp_path / "traversals.png").text["caption"]
+    default = cli("sample", digits_run, "--traverse", "--out", tmp_path / "image")
+    assert default.exit_code == 0
+    caption = Image.open(tmp_path / "image" / "traversals.png").text["caption"]
+    assert "around the posterior mean of a test image" in caption
