@@ -21,6 +21,13 @@ def trials_in_process(monkeypatch):
     monkeypatch.setenv("VAE_TUNE_WORKERS", "1")
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Caches (downloads, `evaluate`'s feature classifiers) go to a folder of the test session,
+    never the user's ~/.cache/vae-tune."""
+    monkeypatch.setenv("VAE_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}"

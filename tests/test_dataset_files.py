@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tuner.datasets import mnist_family
 from tuner.datasets.arrays import load_array
@@ -249,8 +250,11 @@ def write_family(folder: Path, compress: bool, labels: bool = True, n=(12, 5)) -
 def test_family_from_data_dir(tmp_path, compress):
     write_family(tmp_path, compress)
     train, test = load_mnist_family("fashion-mnist", tmp_path, download=False)
-    assert train.shape == (12, 28, 28) and test.shape == (5, 28, 28)
-    for arr, seed in [(train, 0), (test, 1)]:
+    assert train.images.shape == (12, 28, 28) and test.images.shape == (5, 28, 28)
+    np.testing.assert_array_equal(train.labels, np.arange(12) % 10)
+    np.testing.assert_array_equal(test.labels, np.arange(5))
+    assert train.labels.dtype == np.int64
+    for arr, seed in [(train.images, 0), (test.images, 1)]:
         assert arr.dtype == np.float32 and arr.min() == 0.0 and arr.max() == 1.0
         np.testing.assert_allclose(arr * 255.0, fake_images(len(arr), seed), atol=1e-4)
 
@@ -260,7 +264,15 @@ def test_family_images_only_and_mixed_compression(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte").unlink()
     write_idx(tmp_path / TEST_IMAGES, fake_images(5, 1), compress=True)
     train, test = load_mnist_family("kmnist", tmp_path)
-    assert train.shape == (12, 28, 28) and test.shape == (5, 28, 28)
+    assert train.images.shape == (12, 28, 28) and test.images.shape == (5, 28, 28)
+    assert train.labels is None and test.labels is None  # no label files: no labels
+
+
+def test_family_labels_need_both_files(tmp_path):
+    write_family(tmp_path, compress=True)
+    (tmp_path / TRAIN_LABELS).unlink()
+    train, test = load_mnist_family("mnist", tmp_path)
+    assert train.labels is None and test.labels is None
 
 
 def test_family_missing_files_listed(tmp_path):
@@ -312,6 +324,8 @@ def test_family_downloads_images_into_cache(server, tmp_path, monkeypatch):
     blobs = {
         TRAIN_IMAGES: gzip.compress(idx_bytes(fake_images(12, 0))),
         TEST_IMAGES: gzip.compress(idx_bytes(fake_images(5, 1))),
+        TRAIN_LABELS: gzip.compress(idx_bytes(np.arange(12, dtype=np.uint8) % 10)),
+        TEST_LABELS: gzip.compress(idx_bytes(np.full(5, 7, dtype=np.uint8))),
     }
     for name, blob in blobs.items():
         server.routes[f"/m/{name}"] = (200, blob, None)
@@ -323,8 +337,9 @@ def test_family_downloads_images_into_cache(server, tmp_path, monkeypatch):
     monkeypatch.setitem(DATASETS, "mnist", family)
     monkeypatch.setenv("VAE_TUNE_CACHE", str(tmp_path))
     train, test = load_mnist_family("mnist", None)
-    assert train.shape == (12, 28, 28) and test.shape == (5, 28, 28)
-    assert leftovers(tmp_path / "mnist") == sorted(blobs)  # labels are not fetched
+    assert train.images.shape == (12, 28, 28) and test.images.shape == (5, 28, 28)
+    assert leftovers(tmp_path / "mnist") == sorted(blobs)  # labels are fetched too
+    assert test.labels.tolist() == [7] * 5 and train.labels.tolist()[:3] == [0, 1, 2]
     hits = len(server.hits)
     load_mnist_family("mnist", None)
     load_mnist_family("mnist", None, download=False)
@@ -368,8 +383,9 @@ REAL_MNIST = _real_mnist_dir()
 )
 def test_real_mnist_loads_and_matches_checksums():
     train, test = load_mnist_family("mnist", REAL_MNIST, download=False)
-    assert train.shape == (60000, 28, 28) and test.shape == (10000, 28, 28)
-    for arr in (train, test):
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert np.bincount(test.labels).tolist()[:2] == [980, 1135]  # the known class counts
+    for arr in (train.images, test.images):
         assert arr.dtype == np.float32 and arr.min() == 0.0 and arr.max() == 1.0
     # The .gz md5s in the table are torchvision's, of the published archives. A recompressed
     # copy holds the same data under a different .gz md5, so the content is checked against
@@ -491,3 +507,72 @@ def test_array_missing_and_unreadable(tmp_path):
     (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 20)
     with pytest.raises(DataError, match="cut.npz"):
         load_array(tmp_path / "cut.npz")
+
+
+# --------------------------------------------------------------------------- labels in the splits
+
+
+def test_array_labels_follow_their_images_through_the_split(tmp_path):
+    from tuner.datasets import load_splits
+    from tuner.spec import DatasetSpec
+
+    n = 40
+    images = np.zeros((n, 3, 3), dtype=np.uint8)
+    images[:, 0, 0] = np.arange(n)  # each image says which it is
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(n) % 7)
+    spec = DatasetSpec(
+        name="array", path=str(tmp_path / "d.npz"), key="images", labels_key="labels"
+    )
+    splits = load_splits(spec, seed=3)
+    assert splits.labelled
+    for x, y in [
+        (splits.train, splits.train_labels),
+        (splits.val, splits.val_labels),
+        (splits.test, splits.test_labels),
+    ]:
+        which = (x[:, 0, 0] * 255).round().long()
+        assert y.dtype == torch.int64 and torch.equal(y, which % 7)
+    unlabelled = load_splits(spec.model_copy(update={"labels_key": None}), seed=3)
+    assert not unlabelled.labelled and torch.equal(unlabelled.train, splits.train)
+
+
+@pytest.mark.parametrize(
+    ("labels", "expect"),
+    [
+        (np.arange(39), "one label per image"),
+        (np.zeros((40, 2), dtype=np.int64), "one label per image"),
+        (np.full(40, 0.5), "non-negative integers"),
+        (np.full(40, -1), "non-negative integers"),
+    ],
+    ids=["short", "2d", "float", "negative"],
+)
+def test_bad_array_labels_are_refused(tmp_path, labels, expect):
+    from tuner.datasets.arrays import load_labels
+
+    np.savez(tmp_path / "d.npz", images=np.zeros((40, 3, 3)), labels=labels)
+    with pytest.raises(DataError, match=expect):
+        load_labels(tmp_path / "d.npz", "labels", 40)
+
+
+def test_labels_key_is_for_arrays_only():
+    from tuner.errors import SpecError
+    from tuner.spec import DatasetSpec, validate
+
+    with pytest.raises(SpecError, match="labels_key"):
+        validate(DatasetSpec, {"name": "digits", "labels_key": "y"}, "test")
+
+
+def test_digits_and_idx_files_come_with_labels(tmp_path):
+    from tuner.datasets import load_splits
+    from tuner.spec import DatasetSpec
+
+    digits = load_splits(DatasetSpec(name="digits", subset=100), seed=0)
+    assert len(digits.train_labels) == 100 and len(digits.test_labels) == len(digits.test)
+    assert set(digits.test_labels.tolist()) == set(range(10))
+    write_family(tmp_path, compress=True, n=(30, 5))
+    mnist = load_splits(DatasetSpec(name="mnist", data_dir=str(tmp_path), val_fraction=0.2), 0)
+    assert len(mnist.val_labels) == 6 and mnist.test_labels.tolist() == [0, 1, 2, 3, 4]
+    pool = fake_images(30, 0).astype(np.float32) / 255.0
+    for x, y in [(mnist.train, mnist.train_labels), (mnist.val, mnist.val_labels)]:
+        index = [int(np.argmin(np.abs(pool - img.numpy()).sum((1, 2)))) for img in x]
+        assert y.tolist() == [i % 10 for i in index]  # each image kept its own label

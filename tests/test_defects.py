@@ -265,7 +265,7 @@ def test_train_save_writes_the_weights(cli, tmp_path):
     result = cli("train", _run_config(tmp_path), "--save", out)
     assert result.exit_code == 0, result.output
     saved = torch.load(out, weights_only=True)
-    assert saved["config"]["model"]["hidden_dim"] == 16 and saved["state_dict"]
+    assert saved["config"]["model"]["hidden_dim"] == 16 and saved["model"]
 
 
 # 11. one clear line instead of a traceback --------------------------------------------------------

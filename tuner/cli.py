@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import shlex
 import sys
@@ -55,6 +56,14 @@ StorageOpt = Annotated[
         envvar="VAE_TUNE_STORAGE",
         help="Database URL (any SQLAlchemy URL Optuna takes), e.g. sqlite:///vae-tune.db or "
         "postgresql+psycopg://user:pass@host/db.",
+    ),
+]
+
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder holding the dataset's IDX files, if not where the run config says "
+        "(overrides dataset.data_dir)."
     ),
 ]
 
@@ -600,19 +609,41 @@ def train(
     config: Annotated[
         Path, typer.Argument(help="Run config (.yaml/.json), e.g. from export-best.")
     ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the model as a run directory: config.yaml, model.pt, metrics.json and "
+            "pictures, for `vae-tune sample` and `vae-tune evaluate`. Missing parent folders are "
+            "made; the folder appears whole or not at all.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an --output folder that is not empty.")
+    ] = False,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write only the model file (model.pt format) here; prefer --output, which "
+            "keeps the metrics and pictures beside it.",
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    save: Annotated[Path | None, typer.Option(help="Save the trained weights here (.pt).")] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Train one config, printing validation ELBO per epoch and the test ELBO at the end.
 
     Runs the same code as a tuning trial, so an exported best config reproduces its value.
+    The outputs are checked before training starts: an --output folder that is not empty
+    needs --force.
     """
     from tuner.reproduce import reproduce
-    from tuner.spec import RunConfig, read_yaml, validate
+    from tuner.spec import RunConfig, read_yaml, set_path, validate
 
     data, path = read_yaml(config, shipped=False)
     data.update({k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
+    if data_dir is not None:
+        set_path(data, "dataset.data_dir", data_dir)
     run_config: RunConfig = validate(RunConfig, data, f"run config {path}")
 
     def show(run: Any) -> None:
@@ -623,11 +654,224 @@ def train(
             f"{r.val.active_units} active units)  {r.examples_per_s:,.0f} ex/s"
         )
 
-    done = reproduce(run_config, show, save)
+    done = reproduce(run_config, show, save, output, force)
     test = done.test
     typer.echo(f"test ELBO {test.elbo:.3f} nats/example (recon {test.recon:.3f}, KL {test.kl:.3f})")
     if save is not None:
-        typer.echo(f"saved weights to {save}")
+        typer.echo(f"saved the model to {save}")
+    if output is not None:
+        typer.echo(f"wrote {output}/: {', '.join(done.written)}")
+        run_dir = shlex.quote(str(output))
+        typer.echo(
+            f"Next: vae-tune sample {run_dir} --reconstruct --interpolate --traverse; "
+            f"vae-tune evaluate {run_dir}"
+        )
+
+
+class Around(str, enum.Enum):
+    image = "image"
+    zero = "zero"
+
+
+RunArg = Annotated[
+    Path,
+    typer.Argument(help="Run directory written by `vae-tune train CONFIG --output RUN`."),
+]
+RunDeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="auto, cpu, cuda or cuda:N (default: the run config's; auto picks CUDA)."),
+]
+
+
+@app.command()
+@_user_errors
+def sample(
+    run: RunArg,
+    n: Annotated[int, typer.Option(min=1, max=1024, help="Prior samples to draw.")] = 64,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Scale of the prior noise: z ~ N(0, T^2 I).")
+    ] = 1.0,
+    reconstruct: Annotated[
+        bool, typer.Option(help="Also draw 16 test images beside their reconstructions.")
+    ] = False,
+    interpolate: Annotated[
+        bool,
+        typer.Option(
+            help="Also draw paths in latent space between pairs of test images, linear and "
+            "spherical."
+        ),
+    ] = False,
+    traverse: Annotated[
+        bool,
+        typer.Option(
+            help="Also draw one row per latent dimension (highest KL first) from -3 to +3 "
+            "prior standard deviations; collapsed dimensions are marked inactive."
+        ),
+    ] = False,
+    traverse_around: Annotated[
+        Around,
+        typer.Option(help="Traverse around the posterior mean of a test image, or around zero."),
+    ] = Around.image,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the noise and of the test images shown (same seed, same files)."
+        ),
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the pictures (default: RUN/pictures).")
+    ] = None,
+    device: RunDeviceOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Draw labelled PNG grids from a trained model: prior samples, and on request
+    reconstructions, interpolations and latent traversals.
+
+    Each picture carries a caption saying what it shows, which run and which seed. Works for
+    every architecture and likelihood (the images shown are the means of p(x|z)).
+    """
+    from tuner.sampling import Request, draw_pictures
+
+    request = Request(
+        n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed
+    )
+    for path in draw_pictures(run, request, out, device, data_dir):
+        typer.echo(str(path))
+
+
+class _StageProgress:
+    """Progress of a long service call by stages: on a terminal a rich progress bar per stage,
+    otherwise one plain line when a stage starts and ends, and at most one between every
+    PROGRESS_EVERY_S seconds."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.last_line = time.monotonic()
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress()
+
+    def __enter__(self) -> _StageProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(stage, total=total)
+            self.bar.update(self.tasks[stage], completed=done)
+            return
+        now = time.monotonic()
+        if done in (0, total) or now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            state = "done" if done == total else f"{done}/{total}" if done else "started"
+            typer.echo(f"{stage}: {state}")
+
+
+def _evaluation_table(block: dict[str, Any], run: Path) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"evaluation of {run} (nats per test image)", title_justify="left")
+    for name, justify in (("measure", "left"), ("value", "right"), ("notes", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    n, e, iw = block["examples"], block["test_elbo"], block["iw_nll"]
+    table.add_row(
+        "test ELBO", f"{e['elbo']:.3f}", f"recon {e['recon']:.3f}, KL {e['kl']:.3f}; {n} images"
+    )
+    table.add_row(
+        f"test IW-NLL, k = {iw['k']}",
+        f"{iw['nll']:.3f} ± {iw['se']:.3f}",
+        "-log p(x) bound (Burda et al. 2016); ± standard error over the images",
+    )
+    kls = sorted(block["kl_per_dim"], reverse=True)
+    table.add_row(
+        "active units",
+        f"{block['active_units']} of {block['latent_dim']}",
+        "KL per dimension: "
+        + ", ".join(f"{v:.2f}" for v in kls[:12])
+        + (", ..." if len(kls) > 12 else ""),
+    )
+    mi = block["mutual_information"]
+    table.add_row(
+        "mutual information I(x; z)",
+        f"{mi['mi']:.3f}",
+        f"of at most log {mi['examples']} = {mi['bound']:.2f}; KL(q(z)||p(z)) "
+        f"{mi['marginal_kl']:.3f} (Hoffman & Johnson 2016)",
+    )
+    gap = block["amortization_gap"]
+    if "skipped" in gap:
+        table.add_row("amortization gap", "-", f"skipped: {gap['skipped']}")
+    else:
+        table.add_row(
+            "amortization gap",
+            f"{gap['gap']:.3f} ± {gap['gap_se']:.3f}",
+            f"ELBO {gap['encoder_elbo']:.3f} (encoder) -> {gap['optimized_elbo']:.3f} "
+            f"(q optimized per image, {gap['steps']} Adam steps), {gap['examples']} images",
+        )
+    fcd = block["frechet_classifier_distance"]
+    if "skipped" in fcd:
+        table.add_row("Fréchet classifier distance", "-", f"skipped: {fcd['skipped']}")
+    else:
+        table.add_row(
+            "Fréchet classifier distance",
+            f"{fcd['distance']:.3f}",
+            f"{fcd['examples']} samples vs test images; real floor (train vs test) "
+            f"{fcd['floor']:.3f}; classifier test accuracy {fcd['accuracy']:.1%}",
+        )
+    return table
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run: RunArg,
+    k: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=5000,
+            help="Importance samples per test image for the IW-NLL (Burda et al. use 5000).",
+        ),
+    ] = 1000,
+    examples: Annotated[
+        int | None, typer.Option(min=1, help="Score only the first N test images (default all).")
+    ] = None,
+    gap_examples: Annotated[
+        int,
+        typer.Option(min=0, help="Test images the amortization gap optimizes q for (0: skip)."),
+    ] = 100,
+    gap_steps: Annotated[
+        int, typer.Option(min=1, help="Adam steps of the per-image q optimization.")
+    ] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw of the evaluation.")] = 0,
+    device: RunDeviceOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Score a trained model on the test split and add an `evaluation` block to RUN/metrics.json.
+
+    Reports the importance-weighted NLL (with its standard error), active units, KL per
+    dimension and the mutual information I(x; z) (collapse shows as ~0), the amortization gap
+    of the encoder, and sample quality as a Fréchet distance in the features of a small
+    classifier trained (once, then cached) on the dataset's labels, beside the distance
+    between real train and test images as its floor.
+    """
+    from rich.console import Console
+
+    from tuner.evaluation import Request, evaluate_run
+    from tuner.rundir import METRICS
+
+    request = Request(k, examples, gap_examples, gap_steps, seed)
+    with _StageProgress() as progress:
+        block = evaluate_run(run, request, progress, device, data_dir)
+    Console(width=max(110, Console().width), soft_wrap=False).print(_evaluation_table(block, run))
+    typer.echo(f"added the evaluation to {run / METRICS} ({block['seconds']:.0f} s)")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from models.losses import reparameterize
 
 
 @torch.no_grad()
-def iw_nll(
+def iw_log_px(
     model: VAE,
     likelihood: Likelihood,
     x: torch.Tensor,
@@ -23,16 +24,18 @@ def iw_nll(
     seed: int,
     batch_size: int = 256,
     chunk: int = 100,
-) -> float:
-    """Importance-weighted estimate of -log p(x) (Burda et al. 2016), nats per example.
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Importance-weighted estimates of log p(x) (Burda et al. 2016), one per example, float64.
 
     log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x); k = 1 is the ELBO and the bound tightens
-    as k grows. Samples are drawn `chunk` at a time and combined with a streaming log-sum-exp.
+    as k grows. Samples are drawn `chunk` at a time, all images of a batch decoded together,
+    and combined with a streaming log-sum-exp in float64. `progress` sees the examples done.
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    total = torch.zeros((), device=x.device, dtype=torch.float64)
+    out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         mu, logvar = model.encode(xb)
@@ -49,13 +52,29 @@ def iw_nll(
             ).sum(-1)
             log_w = log_px.view(m, len(xb)).double() + (log_pz - log_qz).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-        total += (acc - math.log(k)).sum()
+        out.append(acc - math.log(k))
+        if progress is not None:
+            progress(min(start + batch_size, len(x)))
     model.train(was_training)
-    return -total.item() / len(x)
+    return torch.cat(out)
 
 
-def _grid(images: torch.Tensor, cols: int) -> Image.Image:
-    """N x H x W in [0, 1] -> one greyscale picture, `cols` images a row, 1-pixel gaps."""
+def iw_nll(
+    model: VAE,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    k: int,
+    seed: int,
+    batch_size: int = 256,
+    chunk: int = 100,
+) -> float:
+    """Importance-weighted NLL, nats per example: the mean of -`iw_log_px`."""
+    return -iw_log_px(model, likelihood, x, k, seed, batch_size, chunk).mean().item()
+
+
+def image_grid(images: torch.Tensor, cols: int, scale: int | None = None) -> Image.Image:
+    """N x H x W in [0, 1] -> one greyscale picture, `cols` images a row, 1-pixel white gaps,
+    enlarged `scale` times (default: small images up to about 256 pixels wide)."""
     n, h, w = images.shape
     rows = math.ceil(n / cols)
     canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1), dtype=np.float32)
@@ -63,7 +82,8 @@ def _grid(images: torch.Tensor, cols: int) -> Image.Image:
         r, c = divmod(i, cols)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
     picture = Image.fromarray((canvas * 255).round().astype(np.uint8), mode="L")
-    scale = max(1, 256 // picture.width)  # 8x8 digits would be unreadably small
+    if scale is None:
+        scale = max(1, 256 // picture.width)  # 8x8 digits would be unreadably small
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
@@ -82,6 +102,6 @@ def save_pictures(
     samples = likelihood.mean(model.decode(z))
     model.train(was_training)
     paths = [folder / "reconstructions.png", folder / "samples.png"]
-    _grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
-    _grid(samples, cols=n).save(paths[1])
+    image_grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
+    image_grid(samples, cols=n).save(paths[1])
     return paths

@@ -1,48 +1,51 @@
 """`vae-tune train`: train one run config, as a trial would, then score it on the test split.
 
 The same `tuner.train.train` runs here and in every trial, so an exported best config
-reproduces its trial's validation ELBO; only here is the test split ever evaluated.
+reproduces its trial's validation ELBO; only here is the test split ever evaluated. The model
+is kept as a run directory (`--output`, `tuner.rundir`) or a lone model file (`--save`).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from tuner.datasets import load_splits
-from tuner.files import check_writable, write_atomic
-from tuner.seeds import derive
+from tuner.files import check_new_dir, check_writable, write_atomic
+from tuner.rundir import write_run
+from tuner.saved_model import model_bytes
 from tuner.spec import RunConfig
-from tuner.train import Evaluation, TrainResult, eval_targets, evaluate, train
+from tuner.train import Evaluation, TrainResult, score_test_split, train
 
 
 @dataclass(frozen=True)
 class Reproduced:
     run: TrainResult
     test: Evaluation
+    written: list[str] = field(default_factory=list)  # files of the run directory
 
 
 def reproduce(
     config: RunConfig,
     on_epoch: Callable[[TrainResult], None] | None = None,
     save: Path | None = None,
+    output: Path | None = None,
+    force: bool = False,
 ) -> Reproduced:
-    """Train `config`, evaluate the test split; with `save`, write the weights (checked before
-    training, written whole or not at all)."""
+    """Train `config` and evaluate the test split. With `output`, write a run directory; with
+    `save`, the model file alone. Both are checked before training and written whole or not
+    at all."""
     if save is not None:
         check_writable(save, "save")
+    if output is not None:
+        check_new_dir(output, force)
     splits = load_splits(config.dataset, config.data_seed)
     run = train(config, splits, on_epoch)
-    x_test = eval_targets(config, splits.test.to(run.device), 2)
-    noise = derive(config.data_seed, "test-noise")
-    test = evaluate(run.model, run.likelihood, x_test, config.eval_batch_size, noise)
+    test = score_test_split(config, run.model, run.likelihood, splits, run.device)
     if save is not None:
-        buffer = io.BytesIO()
-        state = {"config": config.model_dump(mode="json"), "state_dict": run.model.state_dict()}
-        torch.save(state, buffer)
-        write_atomic(save, buffer.getvalue(), "save")
-    return Reproduced(run, test)
+        write_atomic(
+            save, model_bytes(config, run.model, run.likelihood, splits.image_shape), "save"
+        )
+    written = write_run(output, config, run, test, splits, force) if output is not None else []
+    return Reproduced(run, test, written)

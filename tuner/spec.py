@@ -263,6 +263,7 @@ class DatasetSpec(_Strict):
     data_dir: str | None = None
     path: str | None = None
     key: str | None = None
+    labels_key: str | None = Field(None, description="array: .npz key of integer class labels")
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     subset: int | None = Field(None, ge=10, description="use at most this many training images")
@@ -272,6 +273,8 @@ class DatasetSpec(_Strict):
     def _array_needs_path(self) -> DatasetSpec:
         if self.name == "array" and not self.path:
             raise _fail("path", "the array dataset needs `path` to a .npy or .npz file")
+        if self.labels_key is not None and self.name != "array":
+            raise _fail("labels_key", f"applies to the array dataset only, not {self.name}")
         return self
 
     @field_validator("name")

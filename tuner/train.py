@@ -64,6 +64,7 @@ class Evaluation:
     kl: float
     active_units: int
     kl_per_dim: tuple[float, ...] = ()
+    active_dims: tuple[int, ...] = ()  # which latent dimensions are the active units
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,24 @@ def evaluate(
     mu = torch.cat(mus)
     kl_dims /= len(x)
     varies = mu.var(0, unbiased=False).double() > ACTIVE_UNIT_THRESHOLD
-    active = (varies & (kl_dims > ACTIVE_UNIT_MIN_KL)).sum()
-    r, k, a, *per_dim = torch.cat(
-        [torch.stack([recon / len(x), kl_dims.sum(), active.double()]), kl_dims]
-    ).tolist()
+    active = varies & (kl_dims > ACTIVE_UNIT_MIN_KL)
+    r, k, *rest = torch.cat(
+        [torch.stack([recon / len(x), kl_dims.sum()]), kl_dims, active.double()]
+    ).tolist()  # one read back from the device
+    per_dim, mask = rest[: model.latent_dim], rest[model.latent_dim :]
+    dims = tuple(i for i, on in enumerate(mask) if on)
     model.train(was_training)
-    return Evaluation(r - k, r, k, int(a), tuple(per_dim))
+    return Evaluation(r - k, r, k, len(dims), tuple(per_dim), dims)
+
+
+def score_test_split(
+    config: RunConfig, model: VAE, likelihood: Likelihood, splits: Splits, device: torch.device
+) -> Evaluation:
+    """The test ELBO as `vae-tune train` reports it (fixed binarization and noise from the data
+    seed), so a saved model reloaded anywhere scores the same."""
+    x_test = eval_targets(config, splits.test.to(device), 2)
+    noise = derive(config.data_seed, "test-noise")
+    return evaluate(model, likelihood, x_test, config.eval_batch_size, noise)
 
 
 def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -313,6 +326,5 @@ def train(
 
 def _epoch_from_dict(d: dict[str, Any]) -> EpochResult:
     val = d["val"]
-    return EpochResult(
-        **{**d, "val": Evaluation(**{**val, "kl_per_dim": tuple(val["kl_per_dim"])})}
-    )
+    tuples = {k: tuple(val[k]) for k in ("kl_per_dim", "active_dims") if k in val}
+    return EpochResult(**{**d, "val": Evaluation(**{**val, **tuples})})

@@ -1,8 +1,10 @@
 """Datasets by name, split into train/validation/test tensors held in memory.
 
-A loader returns (train_pool, official_test_or_None) as float32 N x H x W arrays in [0, 1].
-Validation is always carved from the training pool by the study seed, so every trial of a
-study sees the same split; the test split is never used while tuning.
+A loader returns (train_pool, official_test_or_None) as `Labelled` images: float32 N x H x W
+arrays in [0, 1], with int64 class labels where the dataset has them. Validation is always
+carved from the training pool by the study seed, so every trial of a study sees the same
+split; the test split is never used while tuning. Labels follow their images through the
+same permutation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tuner.datasets.arrays import load_array
+from tuner.datasets.arrays import load_array, load_labels
+from tuner.datasets.labelled import Labelled
 from tuner.datasets.mnist_family import load_mnist_family
 from tuner.seeds import derive
 
@@ -27,13 +30,14 @@ class DatasetChoice(Protocol):
     data_dir: str | None
     path: str | None
     key: str | None
+    labels_key: str | None
     val_fraction: float
     test_fraction: float
     subset: int | None
     download: bool
 
 
-Loader = Callable[[DatasetChoice], tuple[np.ndarray, "np.ndarray | None"]]
+Loader = Callable[[DatasetChoice], tuple[Labelled, "Labelled | None"]]
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -51,13 +55,23 @@ def dataset_names() -> list[str]:
 
 @dataclass(frozen=True)
 class Splits:
+    """Images per split; the labels (int64, aligned with the images) where the dataset has
+    them for every split, else None."""
+
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, int]:
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def labelled(self) -> bool:
+        return self.train_labels is not None
 
 
 def load_splits(spec: DatasetChoice, seed: int) -> Splits:
@@ -65,26 +79,29 @@ def load_splits(spec: DatasetChoice, seed: int) -> Splits:
 
     pool, test = _LOADERS[spec.name](spec)
     rng = np.random.default_rng(derive(seed, "split"))  # a stream of its own (tuner.seeds)
-    order = rng.permutation(len(pool))
+    order = rng.permutation(len(pool.images))
     if test is None:  # no official test split: carve one out first
-        n_test = max(1, round(len(pool) * spec.test_fraction))
-        test, order = pool[order[:n_test]], order[n_test:]
+        n_test = max(1, round(len(order) * spec.test_fraction))
+        test, order = pool.take(order[:n_test]), order[n_test:]
     n_val = max(1, round(len(order) * spec.val_fraction))
-    val, train = pool[order[:n_val]], pool[order[n_val:]]
+    val, train = pool.take(order[:n_val]), pool.take(order[n_val:])
     if spec.subset is not None:
-        train = train[: spec.subset]
-    return Splits(
-        *(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (train, val, test))
-    )
+        train = train.take(np.arange(min(spec.subset, len(train.images))))
+    parts = (train, val, test)
+    images = [torch.from_numpy(np.ascontiguousarray(p.images, dtype=np.float32)) for p in parts]
+    if any(p.labels is None for p in parts):  # labels for some splits only: none at all
+        return Splits(*images)
+    labels = [torch.from_numpy(np.ascontiguousarray(p.labels, dtype=np.int64)) for p in parts]
+    return Splits(*images, *labels)
 
 
 @register("digits")
-def _digits(spec: DatasetChoice) -> tuple[np.ndarray, None]:
+def _digits(spec: DatasetChoice) -> tuple[Labelled, None]:
     """scikit-learn's 1,797 8x8 handwritten digits (ship inside scikit-learn: no download)."""
     from sklearn.datasets import load_digits
 
-    images = load_digits().images.astype(np.float32) / 16.0
-    return images, None
+    digits = load_digits()
+    return Labelled(digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)), None
 
 
 def _local(path: str | None) -> Path | None:
@@ -92,7 +109,7 @@ def _local(path: str | None) -> Path | None:
 
 
 def _mnist_loader(name: str) -> Loader:
-    def load(spec: DatasetChoice) -> tuple[np.ndarray, np.ndarray]:
+    def load(spec: DatasetChoice) -> tuple[Labelled, Labelled]:
         return load_mnist_family(name, _local(spec.data_dir), download=spec.download)
 
     load.__doc__ = f"{name}: 28x28 IDX files from --data-dir, else downloaded once to the cache."
@@ -104,6 +121,10 @@ for _name in ("mnist", "fashion-mnist", "kmnist"):
 
 
 @register("array")
-def _array(spec: DatasetChoice) -> tuple[np.ndarray, None]:
-    """The user's own images: a .npy/.npz file of N x H x W (or N x D) arrays."""
-    return load_array(_local(spec.path), spec.key), None
+def _array(spec: DatasetChoice) -> tuple[Labelled, None]:
+    """The user's own images: a .npy/.npz file of N x H x W (or N x D) arrays, and their
+    labels when `labels_key` names an array of the same .npz."""
+    path = _local(spec.path)
+    images = load_array(path, spec.key)
+    labels = load_labels(path, spec.labels_key, len(images)) if spec.labels_key else None
+    return Labelled(images, labels), None

@@ -105,3 +105,21 @@ def load_array(path: Path, key: str | None = None) -> np.ndarray:
     path = Path(path).expanduser()
     arr = _read(path, key)
     return _scaled(path, _as_images(path, arr))
+
+
+def load_labels(path: Path, key: str, n_images: int) -> np.ndarray:
+    """The class labels stored under `key` in the same .npz as the images: N non-negative
+    integers, one per image (int64)."""
+    path = Path(path).expanduser()
+    labels = _read(path, key)
+    if labels.ndim != 1 or labels.shape[0] != n_images:
+        raise DataError(
+            f"{path}: labels {key!r} have shape {labels.shape}, but there are {n_images} "
+            "images; expected one label per image"
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise DataError(
+            f"{path}: labels {key!r} must be non-negative integers (class numbers), got "
+            f"dtype {labels.dtype}"
+        )
+    return labels.astype(np.int64)

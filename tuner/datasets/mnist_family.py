@@ -1,8 +1,10 @@
 """MNIST, Fashion-MNIST and KMNIST: file names, mirrors, checksums and a loader.
 
 All three ship as the same four IDX files, so one table and one loader cover them. A VAE only
-needs the images, so only the two image files are required and downloaded; label files are
-read when they happen to be in the folder, purely to cross-check the image counts.
+needs the images, so only the two image files are required; the two label files are downloaded
+with them (evaluation and conditional models use the labels) and read from a data dir or the
+cache when they are there, checked against their images. Without both label files the data
+has no labels.
 
 Mirrors and md5s are those of torchvision (pytorch/vision, torchvision/datasets/mnist.py); the
 md5s are of the published `.gz` files and are only checked on download. Files a user supplies
@@ -19,6 +21,7 @@ import numpy as np
 
 from tuner.datasets.download import cache_dir, fetch
 from tuner.datasets.idx import read_idx
+from tuner.datasets.labelled import Labelled
 from tuner.errors import DataError
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -27,6 +30,7 @@ TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 IMAGE_FILES = (TRAIN_IMAGES, TEST_IMAGES)
 LABELS_FOR = {TRAIN_IMAGES: TRAIN_LABELS, TEST_IMAGES: TEST_LABELS}
+DOWNLOADED = (*IMAGE_FILES, TRAIN_LABELS, TEST_LABELS)
 IMAGE_SHAPE = (28, 28)
 
 
@@ -116,16 +120,17 @@ def _load_images(path: Path) -> np.ndarray:
     return images
 
 
-def _check_labels(images_path: Path, n_images: int, labels_path: Path | None) -> None:
-    """Cross-check the image count against the label file when one is present."""
-    if labels_path is None:
-        return
+def _load_labels(images_path: Path, n_images: int, labels_path: Path) -> np.ndarray:
+    """The labels of the images in `images_path`, checked to belong to them."""
     labels = read_idx(labels_path)
     if labels.ndim != 1 or labels.shape[0] != n_images:
         raise DataError(
             f"{labels_path}: has shape {labels.shape} but {images_path} holds {n_images} "
             "images; the two files do not belong together"
         )
+    if labels.dtype != np.uint8:
+        raise DataError(f"{labels_path}: expected uint8 class labels, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -136,8 +141,9 @@ def _to_float(images: np.ndarray) -> np.ndarray:
 
 def load_mnist_family(
     name: str, data_dir: Path | None, download: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train_images, test_images) as float32 N×28×28 arrays scaled to [0, 1]."""
+) -> tuple[Labelled, Labelled]:
+    """Return (train, test): float32 N×28×28 images scaled to [0, 1], with their labels when
+    both label files are there."""
     spec = DATASETS.get(name)
     if spec is None:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
@@ -158,7 +164,7 @@ def load_mnist_family(
         folder = cache_dir() / name
         if download:
             found = {}
-            for f in IMAGE_FILES:
+            for f in DOWNLOADED:
                 try:
                     found[f] = fetch(spec.urls(f), f, folder, spec.md5[f])
                 except DataError as e:
@@ -174,9 +180,15 @@ def load_mnist_family(
                     name, folder, missing, "downloads are disabled and the cache is incomplete"
                 )
 
-    arrays = []
-    for f in IMAGE_FILES:
-        images = _load_images(found[f])
-        _check_labels(found[f], images.shape[0], _find(folder, LABELS_FOR[f]))
-        arrays.append(_to_float(images))
-    return arrays[0], arrays[1]
+    images = {f: _load_images(found[f]) for f in IMAGE_FILES}
+    label_files = {f: _find(folder, LABELS_FOR[f]) for f in IMAGE_FILES}
+    labels = {
+        f: _load_labels(found[f], len(images[f]), p)
+        for f, p in label_files.items()
+        if p is not None
+    }
+    train, test = (
+        Labelled(_to_float(images[f]), labels.get(f) if len(labels) == 2 else None)
+        for f in IMAGE_FILES
+    )
+    return train, test

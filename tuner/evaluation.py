@@ -1,0 +1,158 @@
+"""`vae-tune evaluate`: what a trained model is worth on the test split beyond its ELBO, added
+to the run's metrics.json as an `evaluation` block (nats per example throughout):
+
+- test IW-NLL with k importance samples and its standard error over the test images;
+- active units, KL per dimension and the mutual information I(x; z), so collapse shows;
+- the amortization gap of the encoder;
+- sample quality as a Fréchet classifier distance, beside its real-data floor.
+
+Every random stream is derived from the request's seed (`tuner.seeds.derive`), so the same
+run, seed and device give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuner.datasets import load_splits
+from tuner.diagnostics import iw_log_px
+from tuner.frechet import sample_quality
+from tuner.posterior import amortization_gap, mutual_information
+from tuner.rundir import Run, add_metrics, open_run
+from tuner.seeds import derive
+from tuner.train import eval_targets, evaluate
+
+MAX_K = 5000
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Request:
+    k: int = 1000  # importance samples of the IW-NLL (Burda et al. 2016 use 5000)
+    examples: int | None = None  # test images scored (None: all)
+    gap_examples: int = 100  # test images the amortization gap optimizes q for (0: skip)
+    gap_steps: int = 300
+    seed: int = 0
+
+
+def _sampler(run: Run, seed: int) -> Callable[[int], torch.Tensor]:
+    """n prior samples as images (the mean of p(x|z)), drawn in batches from the seed."""
+    model, likelihood, device = run.saved.model, run.saved.likelihood, run.saved.device
+
+    @torch.no_grad()
+    def sample(n: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive(seed, "frechet-samples"))
+        z = torch.randn(n, model.latent_dim, generator=gen)
+        parts = [
+            likelihood.mean(model.decode(z[i : i + 1024].to(device))).float()
+            for i in range(0, n, 1024)
+        ]
+        return torch.cat(parts)
+
+    return sample
+
+
+def evaluate_run(
+    path: Path,
+    request: Request,
+    progress: Progress | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate the model of the run at `path`, write the block into its metrics.json, and
+    return it. `device` and `data_dir` as for `tuner.rundir.open_run`."""
+    started = time.perf_counter()
+    run = open_run(path, device, data_dir)
+    config, saved = run.config, run.saved
+    model, likelihood, device = saved.model, saved.likelihood, saved.device
+    report = progress or (lambda stage, done, total: None)
+    splits = load_splits(config.dataset, config.data_seed)
+    x = eval_targets(config, splits.test.to(device), 2)  # as `train` scores the test split
+    x = x[: request.examples] if request.examples is not None else x
+    n = len(x)
+
+    report("test ELBO", 0, 1)
+    elbo = evaluate(
+        model, likelihood, x, config.eval_batch_size, derive(config.data_seed, "test-noise")
+    )
+    report("test ELBO", 1, 1)
+
+    stage = f"IW-NLL, k = {request.k}"
+    report(stage, 0, n)
+    log_px = iw_log_px(
+        model,
+        likelihood,
+        x,
+        request.k,
+        derive(request.seed, "evaluate-iw"),
+        progress=lambda done: report(stage, done, n),
+    )
+    nll = -log_px
+    iw = {
+        "k": request.k,
+        "nll": nll.mean().item(),
+        "se": nll.std().item() / math.sqrt(n) if n > 1 else math.nan,
+        "examples": n,
+    }
+
+    report("mutual information", 0, 1)
+    mi = mutual_information(model, x, derive(request.seed, "evaluate-mi"))
+    report("mutual information", 1, 1)
+
+    gap: dict[str, Any] = {"skipped": "--gap-examples 0"}
+    if request.gap_examples:
+        stage = f"amortization gap, {request.gap_steps} steps"
+        report(stage, 0, 1)
+        found = amortization_gap(
+            model,
+            likelihood,
+            x[: request.gap_examples],
+            derive(request.seed, "evaluate-gap"),
+            steps=request.gap_steps,
+        )
+        gap = asdict(found)
+        report(stage, 1, 1)
+
+    quality: dict[str, Any]
+    if splits.labelled:
+        report("Fréchet classifier distance", 0, 1)
+        found_q = sample_quality(
+            config.dataset.name,
+            splits,
+            _sampler(run, request.seed),
+            n,
+            derive(request.seed, "evaluate-frechet"),
+            device,
+        )
+        quality = {**asdict(found_q), "classifier": str(found_q.classifier)}
+        report("Fréchet classifier distance", 1, 1)
+    else:
+        quality = {
+            "skipped": f"dataset {config.dataset.name!r} has no labels to train a feature "
+            "classifier on (for an array dataset give dataset.labels_key)"
+        }
+
+    block = {
+        "seed": request.seed,
+        "device": str(device),
+        "examples": n,
+        "test_elbo": {"elbo": elbo.elbo, "recon": elbo.recon, "kl": elbo.kl},
+        "iw_nll": iw,
+        "active_units": elbo.active_units,
+        "active_dims": list(elbo.active_dims),
+        "latent_dim": model.latent_dim,
+        "kl_per_dim": list(elbo.kl_per_dim),
+        "mutual_information": asdict(mi),
+        "amortization_gap": gap,
+        "frechet_classifier_distance": quality,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    add_metrics(run, "evaluation", block)
+    return block

@@ -1,0 +1,125 @@
+"""Labelled pictures: grids of images with a caption saying what they show, row labels and
+titled blocks, so a picture read away from its command still says what, which run, which seed.
+
+The layout of every grid is also stored in the PNG (a `layout` text chunk, JSON: each block's
+box in pixels, rows, columns, image size and scale), for tools and tests that read the cells.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from tuner.diagnostics import image_grid
+
+FONT_SIZE = 12
+PAD = 4  # pixels around text
+MIN_WIDTH = 320  # pixels: small images are enlarged to about this, and a caption needs room
+
+
+@dataclass
+class Block:
+    """Rows of images (each row the same number of images), with an optional title above and
+    an optional label left of each row."""
+
+    rows: list[torch.Tensor]  # each cols x H x W in [0, 1]
+    title: str | None = None
+    row_labels: list[str] = field(default_factory=list)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def _wrap(text: str, width: int, font) -> list[str]:
+    """Greedy word wrap to `width` pixels (a word longer than the width gets its own line)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and font.getlength(trial) > width - 2 * PAD:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def _text_strip(text: str, width: int, font) -> Image.Image:
+    lines = _wrap(text, width, font)
+    line_h = FONT_SIZE + 3
+    strip = Image.new("L", (width, len(lines) * line_h + 2 * PAD), 255)
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((PAD, PAD + i * line_h), line, fill=0, font=font)
+    return strip
+
+
+def figure(caption: str, blocks: list[Block]) -> tuple[Image.Image, dict]:
+    """One greyscale picture: the caption on top, then each block (title, labelled rows).
+    Every block is drawn at one scale, so the cells of all blocks have the same size."""
+    font = _font()
+    h, w = blocks[0].rows[0].shape[1:]
+    widest = max(len(b.rows[0]) * (w + 1) + 1 for b in blocks)
+    scale = max(1, MIN_WIDTH // widest)
+    labels = [label for b in blocks for label in b.row_labels]
+    label_w = int(max((font.getlength(t) for t in labels), default=0)) + 3 * PAD if labels else 0
+    width = max(MIN_WIDTH, label_w + widest * scale)
+    parts: list[tuple[Image.Image, int, dict | None]] = [
+        (_text_strip(caption, width, font), 0, None)
+    ]
+    for b in blocks:
+        if b.title:
+            parts.append((_text_strip(b.title, width, font), 0, None))
+        grid = image_grid(torch.cat(b.rows).float(), len(b.rows[0]), scale)
+        column = Image.new("L", (label_w, grid.height), 255)  # all grids line up
+        draw = ImageDraw.Draw(column)
+        for r, label in enumerate(b.row_labels):
+            y = scale + r * (h + 1) * scale + (h * scale - FONT_SIZE) // 2
+            draw.text((PAD, y), label, fill=0, font=font)
+        parts.append((_side_by_side(column, grid), label_w, _info(b, h, w, scale)))
+    canvas = Image.new("L", (width, sum(p.height for p, _, _ in parts)), 255)
+    y, layout = 0, []
+    for picture, grid_x, info in parts:
+        canvas.paste(picture, (0, y))
+        if info is not None:
+            box_w = (info["cols"] * (w + 1) + 1) * scale
+            box_h = (info["rows"] * (h + 1) + 1) * scale
+            layout.append({**info, "box": [grid_x, y, grid_x + box_w, y + box_h]})
+        y += picture.height
+    return canvas, {"caption": caption, "blocks": layout}
+
+
+def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
+    both = Image.new("L", (left.width + right.width, max(left.height, right.height)), 255)
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    return both
+
+
+def _info(b: Block, h: int, w: int, scale: int) -> dict:
+    return {
+        "title": b.title,
+        "rows": len(b.rows),
+        "cols": len(b.rows[0]),
+        "image": [h, w],
+        "scale": scale,
+        "row_labels": b.row_labels,
+    }
+
+
+def png_bytes(picture: Image.Image, layout: dict) -> bytes:
+    """The PNG file, its caption and layout stored as text chunks (same input, same bytes)."""
+    info = PngInfo()
+    info.add_text("caption", layout["caption"])
+    info.add_text("layout", json.dumps(layout["blocks"]))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", pnginfo=info, optimize=True)
+    return buffer.getvalue()
