@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -125,7 +126,16 @@ def test_completed_trials_store_pictures_and_diagnostics(cli, write_spec, db_url
         out = tmp_path / meta.filename
         download_artifact(artifact_store=store, file_path=str(out), artifact_id=meta.artifact_id)
         img = Image.open(io.BytesIO(out.read_bytes()))
-        assert img.format == "PNG" and img.width >= 64
+        assert img.format == "PNG" and img.width >= 320  # large enough to read
+        caption = img.text["caption"]  # labelled: which study and trial, beta, ELBO
+        assert "study tiny, trial 0" in caption and f"beta {trial.params['beta']:.3g}" in caption
+        assert f"validation ELBO {trial.value:.2f}" in caption
+        layout = json.loads(img.text["layout"])[0]
+        if meta.filename == "reconstructions.png":
+            assert layout["row_labels"] == ["original", "reconstruction"]
+            assert layout["image"] == [8, 8] and layout["rows"] == 2
+        else:
+            assert (layout["rows"], layout["cols"]) == (8, 8)
 
 
 def test_collapsed_posteriors_are_pruned_when_asked(cli, write_spec, db_url):

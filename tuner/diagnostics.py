@@ -1,10 +1,9 @@
-"""What a finished model is worth beyond its ELBO: importance-weighted NLL and pictures."""
+"""What a finished model is worth beyond its ELBO: importance-weighted NLL; image grids."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,23 +84,3 @@ def image_grid(images: torch.Tensor, cols: int, scale: int | None = None) -> Ima
     if scale is None:
         scale = max(1, 256 // picture.width)  # 8x8 digits would be unreadably small
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-
-
-@torch.no_grad()
-def save_pictures(
-    model: VAE, likelihood: Likelihood, x: torch.Tensor, folder: Path, seed: int, n: int = 8
-) -> list[Path]:
-    """Write reconstructions (originals above, reconstructions below) and prior samples."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    originals = x[:n]
-    mu, _ = model.encode(originals)
-    recon = likelihood.mean(model.decode(mu))
-    z = torch.randn(n * n, model.latent_dim, device=x.device, generator=gen)
-    samples = likelihood.mean(model.decode(z))
-    model.train(was_training)
-    paths = [folder / "reconstructions.png", folder / "samples.png"]
-    image_grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
-    image_grid(samples, cols=n).save(paths[1])
-    return paths

@@ -18,8 +18,9 @@ from tuner.artifacts import open_artifact_store
 from tuner.checkpoint import seed_number
 from tuner.dashboard_views import save_trial_note
 from tuner.datasets import Splits
-from tuner.diagnostics import iw_nll, save_pictures
+from tuner.diagnostics import iw_nll
 from tuner.figures import CURVE_ATTR
+from tuner.picture_grids import save_pictures
 from tuner.search_space import run_config, suggest
 from tuner.seeds import derive
 from tuner.spec import StudySpec
@@ -113,14 +114,19 @@ class Objective:
             trial.set_user_attr("iw_samples", k)
             trial.set_user_attr("iw_examples", len(x_nll))
         if self.spec.training.pictures:
-            self._pictures(trial, result, x_val)
+            self._pictures(trial, result, x_val, config.beta)
         val = result.final.val
         return (val.kl, -val.recon) if multi else val.elbo
 
-    def _pictures(self, trial: optuna.Trial, result: TrainResult, x_val) -> None:
+    def _pictures(self, trial: optuna.Trial, result: TrainResult, x_val, beta: float) -> None:
         store = open_artifact_store(self.spec.storage, self.spec.artifact_dir)
         with tempfile.TemporaryDirectory() as tmp:
-            for path in save_pictures(result.model, result.likelihood, x_val, Path(tmp), 0):
+            caption = (
+                f"study {self.spec.study_name}, trial {trial.number}, beta "
+                f"{beta:.3g}, validation ELBO {result.final.val.elbo:.2f} nats"
+            )
+            pictures = save_pictures(result.model, result.likelihood, x_val, Path(tmp), 0, caption)
+            for path in pictures:
                 upload_artifact(
                     artifact_store=store,
                     file_path=str(path),

@@ -10,11 +10,14 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from models import VAE
+from models.likelihoods import Likelihood
 from tuner.diagnostics import image_grid
 
 FONT_SIZE = 12
@@ -123,3 +126,39 @@ def png_bytes(picture: Image.Image, layout: dict) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", pnginfo=info, optimize=True)
     return buffer.getvalue()
+
+
+@torch.no_grad()
+def save_pictures(
+    model: VAE,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    folder: Path,
+    seed: int,
+    caption: str,
+    n: int = 8,
+) -> list[Path]:
+    """Write `reconstructions.png` (rows: originals, reconstructions) and `samples.png` (prior
+    samples), each captioned with `caption` (which trial or run, beta, ELBO)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    originals = x[:n]
+    mu, _ = model.encode(originals)
+    recon = likelihood.mean(model.decode(mu))
+    z = torch.randn(n * n, model.latent_dim, device=x.device, generator=gen)
+    samples = likelihood.mean(model.decode(z)).float()
+    model.train(was_training)
+    pairs = Block([originals.float(), recon.float()], row_labels=["original", "reconstruction"])
+    drawn = {
+        "reconstructions.png": figure(f"Reconstructions (posterior means): {caption}", [pairs]),
+        "samples.png": figure(
+            f"Prior samples, z ~ N(0, I), seed {seed}: {caption}",
+            [Block(list(samples.view(n, n, *samples.shape[1:])))],
+        ),
+    }
+    paths = []
+    for name, (picture, layout) in drawn.items():
+        (folder / name).write_bytes(png_bytes(picture, layout))
+        paths.append(folder / name)
+    return paths

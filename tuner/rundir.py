@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tuner.datasets import Splits
-from tuner.diagnostics import save_pictures
 from tuner.errors import UserError
 from tuner.export import write_config
 from tuner.files import write_atomic, write_dir_atomic
+from tuner.picture_grids import save_pictures
 from tuner.saved_model import SavedModel, load_model, model_bytes
 from tuner.seeds import derive
 from tuner.spec import RunConfig
@@ -82,7 +82,11 @@ def write_run(
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         x_test = eval_targets(config, splits.test.to(run.device), 2)
         seed = derive(config.data_seed, "run-pictures")
-        pictures = save_pictures(run.model, run.likelihood, x_test, tmp, seed)
+        caption = (
+            f"run {output.name}, beta {config.beta:.3g}, test ELBO {test.elbo:.2f} nats "
+            "(test images)"
+        )
+        pictures = save_pictures(run.model, run.likelihood, x_test, tmp, seed, caption)
         return [CONFIG, MODEL, METRICS, *(p.name for p in pictures)]
 
 
