@@ -43,7 +43,8 @@ def test_known_configs_run_first_and_once(cli, write_spec, db_url, tmp_path: Pat
     warm = _params(db_url, "warm")
     assert len(warm) == 4
     assert _same(warm[0], top2[0].params) and _same(warm[1], top2[1].params)
-    assert not any(_same(p, top2[0].params) for p in warm[2:])  # sampled, not repeated
+    # sampled, and seeded by study name too: the source study's points are not redrawn
+    assert not any(_same(p, s) for p in warm[2:] for s in source)
     assert all(any(_same(p, s) for s in source) for p in warm[:2])
 
     # again, with two worker processes: the known points are in the study, so none reruns
@@ -51,6 +52,8 @@ def test_known_configs_run_first_and_once(cli, write_spec, db_url, tmp_path: Pat
     assert result.exit_code == 0, result.output
     warm = _params(db_url, "warm")
     assert len(warm) == 6
+    # the sampler's draws are seeded by study name too: they do not redraw the source's points
+    assert len({tuple(sorted(p.items())) for p in warm}) == 6
     for known in top2:
         assert sum(_same(p, known.params) for p in warm) == 1
 

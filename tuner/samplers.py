@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from tuner.errors import SpecError
-from tuner.seeds import derive
+from tuner.seeds import derive, text_id
 
 _s, _p = optuna.samplers, optuna.pruners
 SAMPLER_CLASSES: dict[str, type[BaseSampler]] = {
@@ -86,12 +86,14 @@ def _construct(cls: type, options: dict[str, Any], field: str) -> Any:
 
 
 class TrialSeededSampler(BaseSampler):
-    """Draw trial n with a sampler seeded from (study seed, n).
+    """Draw trial n of study S with a sampler seeded from (spec seed, S, n).
 
     An Optuna sampler seeded once per process redraws the same sequence in every process:
     each resumed `vae-tune run` and each concurrent one would repeat the points the first run
     tried. Seeding by trial number keeps a study reproducible while every trial, in whichever
-    process, draws its own numbers; the history the sampler learns from is the study's.
+    process, draws its own numbers; the history the sampler learns from is the study's. The
+    study name is in the seed too, so a study warm-started from another with the same spec
+    seed does not redraw that study's points.
     """
 
     def __init__(self, make: Callable[[int], BaseSampler], seed: int):
@@ -100,7 +102,8 @@ class TrialSeededSampler(BaseSampler):
         self._inner = make(seed)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(derive(self._seed, "sampler", trial.number))
+        study_id = text_id(study.study_name)
+        self._inner = self._make(derive(self._seed, "sampler", study_id, trial.number))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(

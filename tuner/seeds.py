@@ -27,3 +27,8 @@ def derive(seed: int, purpose: str, *ids: int) -> int:
     parts = [str(operator.index(seed)), purpose, *(str(operator.index(i)) for i in ids)]
     digest = hashlib.sha256(("vae-tune/" + "/".join(parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def text_id(text: str) -> int:
+    """A stable integer for a name (e.g. a study's), to use as one of `derive`'s ids."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
