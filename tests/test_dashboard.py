@@ -69,7 +69,9 @@ def test_dashboard_shows_each_trials_note_and_the_vae_figures(
         for trial in detail["trials"]:
             body = trial["note"]["body"]
             assert f"## Trial {trial['number']}: complete" in body
-            assert "| active units |" in body and "| rate: KL(q(z|x) ‖ p(z)) |" in body
+            assert "| active units |" in body and "| rate: KL(q(z\\|x) ‖ p(z)) |" in body
+            rows = [line for line in body.splitlines() if line.startswith("| ")]
+            assert all(line.replace("\\|", "").count("|") == 3 for line in rows)  # 2 cells
             elbo = float(body.split("| validation ELBO (beta = 1) | ")[1].split()[0])
             assert abs(elbo - trial["values"][0]) < 1e-3  # the note agrees with the value
         figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}

@@ -22,6 +22,11 @@ def _num(value: Any, fmt: str = ".3f") -> str:
     return format(value, fmt) if isinstance(value, int | float) else "–"
 
 
+def _cell(value: Any) -> str:
+    """A Markdown table cell: a bare "|" (as in p(x|z)) would end the cell."""
+    return str(value).replace("|", "\\|")
+
+
 def note_markdown(number: int, outcome: str, attrs: Mapping[str, Any]) -> str:
     """A trial's diagnostics as a Markdown table (what a VAE researcher checks first)."""
     recon, kl = attrs.get("val_recon"), attrs.get("val_kl")
@@ -45,7 +50,7 @@ def note_markdown(number: int, outcome: str, attrs: Mapping[str, Any]) -> str:
     ]
     if attrs.get("stop_reason"):
         rows.append(("stopped", attrs["stop_reason"]))
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    table = "\n".join(f"| {_cell(name)} | {_cell(value)} |" for name, value in rows)
     return f"## Trial {number}: {outcome}\n\n| diagnostic | value |\n|---|---|\n{table}\n"
 
 
