@@ -158,8 +158,8 @@ def write_report(
         body, drawn = [], []
         for title, make in figures.items():
             try:
-                with warnings.catch_warnings():  # "computes importances of low targets": ours
-                    warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator")
+                with warnings.catch_warnings():  # the evaluator's remarks on its own inputs
+                    warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator|Some regimes")
                     fig = make()
             except (RuntimeError, ValueError):
                 continue  # e.g. too few distinct trials for an importance estimate
