@@ -13,6 +13,8 @@ from models import VAE
 from models.likelihoods import Likelihood
 from models.losses import reparameterize
 
+MAX_DECODED = 2048  # images per decoder call in the IW-NLL: bounds its memory
+
 
 @torch.no_grad()
 def iw_log_px(
@@ -39,8 +41,11 @@ def iw_log_px(
         xb = x[start : start + batch_size]
         mu, logvar = model.encode(xb)
         acc = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
-        for done in range(0, k, chunk):
-            m = min(chunk, k - done)
+        # at most MAX_DECODED images per decoder call: a conv decoder's activations for
+        # chunk x batch = 25,600 MNIST images took 13 GB and got a worker OOM-killed
+        step = max(1, min(chunk, MAX_DECODED // len(xb)))
+        for done in range(0, k, step):
+            m = min(step, k - done)
             mu_k, logvar_k = mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape)
             z = reparameterize(mu_k, logvar_k, gen)  # m x B x L
             logits = model.decode(z.flatten(0, 1))
