@@ -61,8 +61,16 @@ def _outcomes(trials: list[FrozenTrial]) -> str:
     collapsed = sum(bool(t.user_attrs.get("posterior_collapse")) for t in finished)
     rows: list[tuple[object, ...]] = [(s, n) for s, n in sorted(states.items())]
     rows.append(("collapsed (no active units), of the finished", f"{collapsed} of {len(finished)}"))
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+    def reason(t: FrozenTrial) -> str | None:
+        said = t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason")
+        if not said and t.number in retried:
+            return "its worker stopped (no heartbeat or Ctrl-C); retried from its checkpoint"
+        return said
+
     reasons = Counter(
-        (t.state.name.lower(), t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason"))
+        (t.state.name.lower(), reason(t))
         for t in trials
         if t.state in (TrialState.PRUNED, TrialState.FAIL)
     )
