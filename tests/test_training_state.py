@@ -16,7 +16,7 @@ import tuner.seeds
 import tuner.train
 from tuner.datasets import load_splits
 from tuner.objective import Objective
-from tuner.search_space import run_config
+from tuner.search_space import TOP_LEVEL, run_config
 from tuner.seeds import derive
 from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig, StudySpec
 from tuner.train import TrainingInterrupted, TrainResult, train
@@ -175,22 +175,8 @@ def _spec(seed: int, **training: Any) -> StudySpec:
 
 
 def _values(spec: StudySpec) -> dict[str, Any]:
-    return {
-        "architecture": "mlp",
-        "latent_dim": 4,
-        "dropout": 0.2,
-        "beta": 1.0,
-        "lr": 1e-3,
-        "batch_size": 64,
-        "warmup_epochs": 0,
-        "free_bits": 0.0,
-        "weight_decay": 0.0,
-        "optimizer": "adam",
-        "lr_schedule": "none",
-        "grad_clip": 0.0,
-        "mlp_hidden_dim": 16,
-        "mlp_depth": 1,
-    }
+    defaults = {name: getattr(spec.search_space, name).value for name in TOP_LEVEL}
+    return {**defaults, "mlp_hidden_dim": 16, "mlp_depth": 1}
 
 
 def test_neighbouring_studies_share_no_trial_seed():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from models import VAE
 from models.likelihoods import Likelihood
-from models.losses import reparameterize
+from models.losses import tile
 
 
 @torch.no_grad()
@@ -27,7 +27,9 @@ def iw_nll(
     """Importance-weighted estimate of -log p(x) (Burda et al. 2016), nats per example.
 
     log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x); k = 1 is the ELBO and the bound tightens
-    as k grows. Samples are drawn `chunk` at a time and combined with a streaming log-sum-exp.
+    as k grows. The model's `posterior` gives log q(z|x) (a flow's log-determinants included:
+    log N(z_0) - sum log|det|) and log p(z) (two layers: log p(z1|z2) + log p(z2)). Samples are
+    drawn `chunk` at a time and combined with a streaming log-sum-exp, so memory stays bounded.
     """
     was_training = model.training
     model.eval()
@@ -35,19 +37,13 @@ def iw_nll(
     total = torch.zeros((), device=x.device, dtype=torch.float64)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        mu, logvar = model.encode(xb)
         acc = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
         for done in range(0, k, chunk):
             m = min(chunk, k - done)
-            mu_k, logvar_k = mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape)
-            z = reparameterize(mu_k, logvar_k, gen)  # m x B x L
-            logits = model.decode(z.flatten(0, 1))
-            log_px = likelihood.log_prob(logits, xb.repeat(m, *([1] * (xb.dim() - 1))))
-            log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-            log_qz = -0.5 * (
-                (z - mu_k).pow(2) / logvar_k.exp() + logvar_k + math.log(2 * math.pi)
-            ).sum(-1)
-            log_w = log_px.view(m, len(xb)).double() + (log_pz - log_qz).double()
+            out = model(xb, gen, m)
+            log_px = likelihood.log_prob(out.logits, tile(xb, m)).view(m, len(xb))
+            post = out.posterior
+            log_w = log_px.double() + (post.log_p - post.log_q).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
         total += (acc - math.log(k)).sum()
     model.train(was_training)
@@ -76,10 +72,8 @@ def save_pictures(
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     originals = x[:n]
-    mu, _ = model.encode(originals)
-    recon = likelihood.mean(model.decode(mu))
-    z = torch.randn(n * n, model.latent_dim, device=x.device, generator=gen)
-    samples = likelihood.mean(model.decode(z))
+    recon = likelihood.mean(model.decode(model.code(originals)))
+    samples = likelihood.mean(model.decode(model.sample_prior(n * n, gen)))
     model.train(was_training)
     paths = [folder / "reconstructions.png", folder / "samples.png"]
     _grid(torch.cat([originals, recon]), cols=len(originals)).save(paths[0])
