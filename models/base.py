@@ -18,6 +18,7 @@ from torch import nn
 from models.config import ModelConfig
 from models.flows import Flow, build_flow
 from models.losses import (
+    at_least_fp32,
     gaussian_kl,
     gaussian_kl_between_per_dim,
     gaussian_kl_per_dim,
@@ -89,7 +90,7 @@ class VAE(nn.Module):
         self, x: torch.Tensor, samples: int, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, Layer]:
         """z ~ q(z|x) (S x B x L) and log q(z|x) = log N(z_0; mu, sigma^2) - sum log|det|."""
-        mu, logvar = (t.float() for t in self.encode(x))
+        mu, logvar = map(at_least_fp32, self.encode(x))
         shape = (samples, *mu.shape)
         z0 = reparameterize(mu.expand(shape), logvar.expand(shape), generator)
         z, log_det = self.flow(z0, torch.cat([mu, logvar], -1))
@@ -110,7 +111,7 @@ class VAE(nn.Module):
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         """The z a reconstruction is shown for: the encoder's mean through the flow, no noise."""
-        mu, logvar = (t.float() for t in self.encode(x))
+        mu, logvar = map(at_least_fp32, self.encode(x))
         return self.flow(mu, torch.cat([mu, logvar], -1))[0]
 
     def forward(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.losses import at_least_fp32
+
 FlowKind = Literal["none", "planar", "iaf"]
 IAF_GATE_BIAS = 2.0  # sigmoid(2) ~ 0.88: each IAF step starts close to the identity (Kingma 2016)
 
@@ -31,13 +33,11 @@ class PlanarStep(nn.Module):
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, w, b = self.params(h).split([self.dim, self.dim, 1], dim=-1)
         wu = (w * u).sum(-1, keepdim=True)
-        # m(a) = -1 + softplus(a) > -1: the paper's constraint on w.u_hat
-        u_hat = u + (F.softplus(wu) - 1.0 - wu) * w / w.pow(2).sum(-1, keepdim=True).clamp_min(
-            1e-12
-        )
+        w_u_hat = F.softplus(wu) - 1.0  # the paper's m(w.u) > -1, and w.u_hat equals it
+        u_hat = u + (w_u_hat - wu) * w / w.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
         a = torch.tanh((w * z).sum(-1, keepdim=True) + b)
-        # det(I + u_hat psi^T) = 1 + psi.u_hat with psi = (1 - a^2) w
-        log_det = torch.log1p((1.0 - a.pow(2)).squeeze(-1) * (w * u_hat).sum(-1))
+        # det(I + u_hat psi^T) = 1 + psi.u_hat, psi = (1 - a^2) w: in (0, inf) as w.u_hat > -1
+        log_det = torch.log1p((1.0 - a.pow(2)) * w_u_hat).squeeze(-1)
         return z + u_hat * a, log_det
 
 
@@ -86,11 +86,11 @@ class Flow(nn.Module):
 
     def forward(self, z0: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z0 (... x B x L), context (B x C) -> z_K and sum_k log|det| (... x B), in fp32."""
-        log_det = torch.zeros(z0.shape[:-1], device=z0.device, dtype=torch.float32)
+        z, h = at_least_fp32(z0), at_least_fp32(context)
+        log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         if not self.steps:
             return z0, log_det
-        z, h = z0.float(), context.float()
-        with torch.autocast(z0.device.type, enabled=False):
+        with torch.autocast(z.device.type, enabled=False):
             for step in self.steps:
                 z, step_log_det = step(z, h)
                 log_det = log_det + step_log_det

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.base import VAE, Layer, Posterior, gaussian_heads, split_heads
 from models.config import ModelConfig
-from models.losses import log_normal, log_standard_normal, reparameterize
+from models.losses import at_least_fp32, log_normal, log_standard_normal, reparameterize
 from models.mlp import Activation, stack
 
 
@@ -65,7 +65,7 @@ class HierarchicalVAE(VAE):
 
     def _gaussian(self, net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = split_heads(net(z))
-        return mu.float(), logvar.float()
+        return at_least_fp32(mu), at_least_fp32(logvar)
 
     def posterior(
         self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None

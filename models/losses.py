@@ -68,3 +68,9 @@ def gaussian_kl_between_per_dim(
 def tile(x: torch.Tensor, samples: int) -> torch.Tensor:
     """x repeated `samples` times along the batch, sample-major: the targets of S x B decodes."""
     return x.expand(samples, *x.shape).flatten(0, 1)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in fp32 if autocast made it bf16/fp16 (densities and log-dets are never computed in
+    half precision); fp32 and fp64 tensors are returned as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
