@@ -31,7 +31,8 @@ def note_markdown(number: int, outcome: str, attrs: Mapping[str, Any]) -> str:
     rows = [
         ("validation ELBO (beta = 1)", f"{_num(elbo)} nats/example"),
         ("reconstruction E[log p(x|z)]", _num(recon)),
-        (f"rate: KL(q(z|x) ‖ p(z)), {attrs.get('kl_estimator', 'closed form')}", _num(kl)),
+        ("rate: KL(q(z|x) ‖ p(z))", _num(kl)),
+        ("KL estimate", attrs.get("kl_estimator", "–")),
         ("active units", f"{attrs.get('active_units', '–')} of {latent}"),
         ("posterior collapse", "**yes**" if collapsed else "no" if collapsed is not None else "–"),
     ]
