@@ -67,7 +67,8 @@ class VAE(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
-        flow = (config.flow, config.flow_length, config.latent_dim) if config else ("none", 0, 0)
+        named = config is not None
+        flow = (config.flow, config.flow_length, config.latent_dim) if named else ("none", 0, 0)
         self.flow: Flow = build_flow(*flow)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,26 +32,16 @@ class HierarchicalVAE(VAE):
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         self.z2_dim = config.z2_dim
-        d = image_shape[0] * image_shape[1]
-        z1, z2, depth, act, p = (
-            config.latent_dim,
-            config.z2_dim,
-            config.depth,
-            config.activation,
-            config.dropout,
-        )
-        self.encoder = nn.Sequential(
-            stack(d, config.hidden_dim, depth, p, act), gaussian_heads(config.hidden_dim, z1)
-        )  # q(z1|x)
-        self.up = nn.Sequential(
-            stack(z1, config.z2_hidden_dim, depth, p, act), gaussian_heads(config.z2_hidden_dim, z2)
-        )  # q(z2|z1)
-        self.down = nn.Sequential(
-            stack(z2, config.z2_hidden_dim, depth, p, act), gaussian_heads(config.z2_hidden_dim, z1)
-        )  # p(z1|z2)
-        self.decoder = nn.Sequential(
-            stack(z1, config.hidden_dim, depth, p, act), nn.Linear(config.hidden_dim, d)
-        )  # p(x|z1)
+        d, z1, z2 = image_shape[0] * image_shape[1], config.latent_dim, config.z2_dim
+        wide, narrow = config.hidden_dim, config.z2_hidden_dim
+
+        def layers(n_in: int, width: int) -> nn.Sequential:
+            return stack(n_in, width, config.depth, config.dropout, config.activation)
+
+        self.encoder = nn.Sequential(layers(d, wide), gaussian_heads(wide, z1))  # q(z1|x)
+        self.up = nn.Sequential(layers(z1, narrow), gaussian_heads(narrow, z2))  # q(z2|z1)
+        self.down = nn.Sequential(layers(z2, narrow), gaussian_heads(narrow, z1))  # p(z1|z2)
+        self.decoder = nn.Sequential(layers(z1, wide), nn.Linear(wide, d))  # p(x|z1)
 
     @property
     def closed_form_kl(self) -> bool:
@@ -63,17 +53,23 @@ class HierarchicalVAE(VAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.image_shape)
 
-    def _gaussian(self, net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = split_heads(net(z))
+    def q_z2(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z2|z1), in fp32 for the densities."""
+        mu, logvar = split_heads(self.up(z1))
+        return at_least_fp32(mu), at_least_fp32(logvar)
+
+    def p_z1(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of the learned prior p(z1|z2), in fp32 for the densities."""
+        mu, logvar = split_heads(self.down(z2))
         return at_least_fp32(mu), at_least_fp32(logvar)
 
     def posterior(
         self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None
     ) -> Posterior:
         z1, log_q1, bottom = self.encoder_sample(x, samples, generator)
-        mu2, logvar2 = self._gaussian(self.up, z1)
+        mu2, logvar2 = self.q_z2(z1)
         z2 = reparameterize(mu2, logvar2, generator)
-        prior_mu1, prior_logvar1 = self._gaussian(self.down, z2)
+        prior_mu1, prior_logvar1 = self.p_z1(z2)
         log_q = log_q1 + log_normal(z2, mu2, logvar2).sum(-1)
         log_p = log_normal(z1, prior_mu1, prior_logvar1).sum(-1) + log_standard_normal(z2).sum(-1)
         layers = (
@@ -84,4 +80,4 @@ class HierarchicalVAE(VAE):
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         z2 = torch.randn(n, self.z2_dim, device=generator.device, generator=generator)
-        return reparameterize(*self._gaussian(self.down, z2), generator)
+        return reparameterize(*self.p_z1(z2), generator)

@@ -26,7 +26,7 @@ def _exact_nll(model, x: torch.Tensor) -> float:
     step = (grid[1, 0] - grid[0, 0]).item()
     logits = model.decode(grid)
     log_px = torch.stack([Bernoulli().log_prob(logits, xi.expand_as(logits)) for xi in x], 1)
-    mu, logvar = model._gaussian(model.down, grid)  # p(z1|z2) for every z2 of the grid
+    mu, logvar = model.p_z1(grid)  # p(z1|z2) for every z2 of the grid
     log_p_z1 = log_normal(grid.T, mu, logvar)  # z2 x z1
     log_joint = log_px[None] + (log_p_z1 + log_standard_normal(grid))[..., None]  # z2 x z1 x N
     log_marginal = torch.logsumexp(log_joint.flatten(0, 1), 0) + 2 * math.log(step)
