@@ -146,3 +146,39 @@ def test_export_best_then_train_keeps_every_remedy(cli, write_spec, db_url, tmp_
     assert float(last_epoch.split("validation ELBO")[1].split()[0]) == pytest.approx(
         best.value, abs=0.01
     )
+
+
+NEW_KNOBS = ("objective_k", "kl_schedule", "kl_cycles", "kl_ratio")
+NEW_MODEL_KNOBS = ("flow", "flow_length", "activation")
+
+
+def test_configs_exported_before_the_remedies_still_train_and_warm_start(
+    cli, write_spec, db_url, tmp_path: Path
+):
+    """Knobs a config predates take their defaults: the same model, the same run."""
+    assert (
+        cli("run", write_spec({"budget": {"n_trials": 1}, "training": {"epochs": 1}})).exit_code
+        == 0
+    )
+    best = tmp_path / "best.yaml"
+    assert (
+        cli("export-best", "--study-name", "tiny", "--storage", db_url, "--output", best).exit_code
+        == 0
+    )
+    old = yaml.safe_load(best.read_text())
+    for knob in NEW_KNOBS:
+        del old[knob]
+    for knob in NEW_MODEL_KNOBS:
+        old["model"].pop(knob, None)
+    old["lr_schedule"] = "none"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    retrained = cli("train", tmp_path / "old.yaml")
+    assert retrained.exit_code == 0, retrained.output
+    last_epoch = [ln for ln in retrained.output.splitlines() if ln.startswith("epoch")][-1]
+    value = float(last_epoch.split("validation ELBO")[1].split()[0])
+    assert value == pytest.approx(old["source"]["value"], abs=0.01)
+
+    again = write_spec({"study_name": "again", "budget": {"n_trials": 1}}, "again.yaml")
+    result = cli("run", again, "--enqueue", tmp_path / "old.yaml", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "warm start: queued" in result.output
