@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from models import build_model
-from models.losses import bernoulli_log_likelihood, gaussian_kl
+from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 from tuner.datasets import Splits
 from tuner.hardware import available_cores
 from tuner.spec import RunConfig
@@ -54,8 +54,9 @@ def hand_written(
         for i in range(0, n, batch_size):
             xb = shuffled[i : i + batch_size]
             with autocast:
-                out = model(xb)
-            mu, logvar, logits = out.mu.float(), out.logvar.float(), out.logits.float()
+                mu, logvar = model.encode(xb)
+                logits = model.decode(reparameterize(mu, logvar))
+            mu, logvar, logits = mu.float(), logvar.float(), logits.float()
             loss = (gaussian_kl(mu, logvar) - bernoulli_log_likelihood(logits, xb)).mean()
             opt.zero_grad()
             loss.backward()

@@ -1,4 +1,12 @@
-"""The VAE contract every architecture fulfils: encode to (mu, logvar), decode z to logits."""
+"""The VAE contract every architecture fulfils: encode x to the Gaussian (mu, logvar) of
+q(z|x), decode z to logits.
+
+The densities a bound is made of, log q(z|x) (a flow's log-determinants included) and log p(z),
+come from `posterior`, whose default here is the encoder's Gaussian pushed through the
+configured flow, under a N(0, I) prior. A model with more stochastic layers overrides
+`posterior` and `sample_prior` (models/hierarchical.py), so the trainer, the IW-NLL and the
+pictures handle every model the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +15,61 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models.losses import reparameterize
+from models.config import ModelConfig
+from models.flows import Flow, build_flow
+from models.losses import (
+    at_least_fp32,
+    gaussian_kl,
+    gaussian_kl_between_per_dim,
+    gaussian_kl_per_dim,
+    log_normal,
+    log_standard_normal,
+    reparameterize,
+)
+
+
+class Layer(NamedTuple):
+    """One stochastic layer's Gaussian before any flow, and its prior's (None: N(0, I)).
+    Per-unit KL and active units are computed on it, flow or not."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    prior_mu: torch.Tensor | None = None
+    prior_logvar: torch.Tensor | None = None
+
+    def kl_per_dim(self) -> torch.Tensor:
+        if self.prior_mu is None or self.prior_logvar is None:
+            return gaussian_kl_per_dim(self.mu, self.logvar)
+        return gaussian_kl_between_per_dim(self.mu, self.logvar, self.prior_mu, self.prior_logvar)
+
+
+class Posterior(NamedTuple):
+    """S samples of q(z|x) for a batch, with the densities every bound is made of (fp32)."""
+
+    z: torch.Tensor  # S x B x L: what the decoder reads
+    log_q: torch.Tensor  # S x B: log q(z|x)
+    log_p: torch.Tensor  # S x B: log p(z)
+    kl: torch.Tensor  # S x B: KL(q || p) in closed form where `exact`, else log q - log p
+    layers: tuple[Layer, ...]  # the stochastic layers, bottom (z1) first
+    exact: bool  # whether `kl` is the closed form (a Gaussian posterior, the N(0, I) prior)
 
 
 class VAEOutput(NamedTuple):
-    logits: torch.Tensor
-    mu: torch.Tensor
-    logvar: torch.Tensor
+    logits: torch.Tensor  # (S * B) x H x W, sample-major
+    posterior: Posterior
 
 
 class VAE(nn.Module):
-    """Base class: subclasses implement `encode` and `decode`; images are B x H x W in [0, 1]."""
+    """Base class: subclasses implement `encode` and `decode`; images are B x H x W in [0, 1].
+    Subclasses pass their config to `__init__`, which builds the flow it names."""
 
     latent_dim: int
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        named = config is not None
+        flow = (config.flow, config.flow_length, config.latent_dim) if named else ("none", 0, 0)
+        self.flow: Flow = build_flow(*flow)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -27,10 +77,49 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, generator)
-        return VAEOutput(self.decode(z), mu, logvar)
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form: a Gaussian posterior (no flow step)
+        under the N(0, I) prior. Otherwise it is estimated from the samples (Monte Carlo)."""
+        return len(self.flow) == 0
+
+    @property
+    def kl_estimator(self) -> str:
+        return "closed form" if self.closed_form_kl else "monte carlo"
+
+    def encoder_sample(
+        self, x: torch.Tensor, samples: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Layer]:
+        """z ~ q(z|x) (S x B x L) and log q(z|x) = log N(z_0; mu, sigma^2) - sum log|det|."""
+        mu, logvar = map(at_least_fp32, self.encode(x))
+        shape = (samples, *mu.shape)
+        z0 = reparameterize(mu.expand(shape), logvar.expand(shape), generator)
+        z, log_det = self.flow(z0, torch.cat([mu, logvar], -1))
+        return z, log_normal(z0, mu, logvar).sum(-1) - log_det, Layer(mu, logvar)
+
+    def posterior(
+        self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None
+    ) -> Posterior:
+        z, log_q, layer = self.encoder_sample(x, samples, generator)
+        log_p = log_standard_normal(z).sum(-1)
+        exact = self.closed_form_kl
+        kl = gaussian_kl(layer.mu, layer.logvar).expand_as(log_q) if exact else log_q - log_p
+        return Posterior(z, log_q, log_p, kl, (layer,), exact)
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n draws of the z the decoder reads, from the prior, on the generator's device."""
+        return torch.randn(n, self.latent_dim, device=generator.device, generator=generator)
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The z a reconstruction is shown for: the encoder's mean through the flow, no noise."""
+        mu, logvar = map(at_least_fp32, self.encode(x))
+        return self.flow(mu, torch.cat([mu, logvar], -1))[0]
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, samples: int = 1
+    ) -> VAEOutput:
+        post = self.posterior(x, samples, generator)
+        return VAEOutput(self.decode(post.z.flatten(0, 1)), post)
 
 
 def gaussian_heads(in_features: int, latent_dim: int) -> nn.Linear:

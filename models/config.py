@@ -7,6 +7,8 @@ derives which knobs are searchable, and their checks, from the same fields.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -17,3 +19,7 @@ class ModelConfig(BaseModel):
 
     latent_dim: int = Field(16, ge=1, description="size of z")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability in the networks")
+    flow: Literal["none", "planar", "iaf"] = Field(
+        "none", description="posterior flow on q(z|x): planar (Rezende 2015), iaf (Kingma 2016)"
+    )
+    flow_length: int = Field(2, ge=0, le=64, description="flow steps K (0: no flow)")

@@ -47,7 +47,7 @@ class ConvEncoder(nn.Module):
 
 class ConvVAE(VAE):
     def __init__(self, config: ConvConfig, image_shape: tuple[int, int]):
-        super().__init__()
+        super().__init__(config)
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         enc = ConvEncoder(

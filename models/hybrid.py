@@ -20,7 +20,7 @@ class HybridConfig(ModelConfig):
 
 class HybridVAE(VAE):
     def __init__(self, config: HybridConfig, image_shape: tuple[int, int]):
-        super().__init__()
+        super().__init__(config)
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         self.encoder = ConvEncoder(

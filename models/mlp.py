@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -9,17 +11,27 @@ from torch import nn
 from models.base import VAE, gaussian_heads, split_heads
 from models.config import ModelConfig
 
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+Activation = Literal["relu", "tanh"]
+
 
 class MLPConfig(ModelConfig):
     latent_dim: int = Field(20, ge=1)
     hidden_dim: int = Field(400, ge=1, description="units per hidden layer")
     depth: int = Field(1, ge=1, description="hidden layers in the encoder and in the decoder")
+    activation: Activation = "relu"  # tanh: Burda et al. 2016's MNIST models
 
 
-def _stack(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> nn.Sequential:
+def stack(
+    in_dim: int, hidden_dim: int, depth: int, dropout: float, activation: Activation = "relu"
+) -> nn.Sequential:
+    """`depth` fully connected layers of `hidden_dim` units, each with its activation."""
     layers: list[nn.Module] = []
     for i in range(depth):
-        layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), nn.ReLU()]
+        layers += [
+            nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim),
+            ACTIVATIONS[activation](),
+        ]
         if dropout:
             layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
@@ -27,14 +39,15 @@ def _stack(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> nn.Seque
 
 class MLPVAE(VAE):
     def __init__(self, config: MLPConfig, image_shape: tuple[int, int]):
-        super().__init__()
+        super().__init__(config)
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         d = image_shape[0] * image_shape[1]
-        self.encoder = _stack(d, config.hidden_dim, config.depth, config.dropout)
+        width, depth, act = config.hidden_dim, config.depth, config.activation
+        self.encoder = stack(d, width, depth, config.dropout, act)
         self.heads = gaussian_heads(config.hidden_dim, config.latent_dim)
         self.decoder = nn.Sequential(
-            _stack(config.latent_dim, config.hidden_dim, config.depth, config.dropout),
+            stack(config.latent_dim, width, depth, config.dropout, act),
             nn.Linear(config.hidden_dim, d),
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 from models.base import VAE
 from models.config import ModelConfig
 from models.conv import ConvConfig, ConvVAE
+from models.hierarchical import HierarchicalConfig, HierarchicalVAE
 from models.hybrid import HybridConfig, HybridVAE
 from models.mlp import MLPVAE, MLPConfig
 from models.rnn import RNNVAE, RNNConfig
@@ -17,6 +18,7 @@ REGISTRY: dict[str, tuple[type[VAE], type[ModelConfig]]] = {
     "conv": (ConvVAE, ConvConfig),
     "rnn": (RNNVAE, RNNConfig),
     "hybrid": (HybridVAE, HybridConfig),
+    "hierarchical": (HierarchicalVAE, HierarchicalConfig),
 }
 
 

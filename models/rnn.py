@@ -40,7 +40,7 @@ class RowDecoder(nn.Module):
 
 class RNNVAE(VAE):
     def __init__(self, config: RNNConfig, image_shape: tuple[int, int]):
-        super().__init__()
+        super().__init__(config)
         self.image_shape = image_shape
         self.latent_dim = config.latent_dim
         self.encoder = CELLS[config.cell](image_shape[1], config.hidden_size, batch_first=True)

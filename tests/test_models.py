@@ -17,7 +17,11 @@ def test_every_architecture_reconstructs_input_shape(arch, shape):
     model = build_model({"architecture": arch, "latent_dim": 3}, shape)
     out = model(torch.rand(5, *shape))
     assert out.logits.shape == (5, *shape)
-    assert out.mu.shape == out.logvar.shape == (5, 3)
+    bottom = out.posterior.layers[0]
+    assert bottom.mu.shape == bottom.logvar.shape == (5, 3)
+    assert out.posterior.log_q.shape == out.posterior.kl.shape == (1, 5)
+    k = model(torch.rand(5, *shape), samples=4)  # importance samples, sample-major
+    assert k.logits.shape == (20, *shape) and k.posterior.z.shape == (4, 5, 3)
 
 
 def test_unknown_architecture_or_knob_is_rejected():

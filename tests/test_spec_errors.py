@@ -29,6 +29,21 @@ BAD_SPECS = [
     ({"sampler": {"name": "tpe", "options": {"n_startup": 3}}}, "sampler.options"),
     ({"pruner": {"name": "median", "options": {"warmup": 1}}}, "pruner.options"),
     ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+    ({"search_space": {"flow": {"choices": ["none", "glow"]}}}, "search_space.flow"),
+    ({"search_space": {"flow_length": {"low": -1, "high": 4}}}, "search_space.flow_length.low"),
+    ({"search_space": {"objective_k": 0}}, "search_space.objective_k"),
+    ({"search_space": {"kl_schedule": "sigmoid"}}, "search_space.kl_schedule"),
+    ({"search_space": {"kl_ratio": {"low": 0.0, "high": 0.5}}}, "search_space.kl_ratio.low"),
+    ({"search_space": {"hierarchical": {"z3_dim": 3}}}, "search_space.hierarchical.z3_dim"),
+    (
+        {
+            "search_space": {
+                "free_bits": {"low": 0.0, "high": 0.5},
+                "objective_k": {"choices": [1, 5]},
+            }
+        },
+        "search_space.free_bits",
+    ),
     ({"budget": {"n_trials": 0}}, "budget.n_trials"),
     ({"search_space": {"beta": {"low": 0.5, "high": 2.0, "grid": [5.0]}}}, "search_space.beta"),
     (
@@ -78,3 +93,11 @@ def test_shipped_specs_validate_and_enumerate_a_grid():
     for name in shipped_specs():
         spec = load_spec(name, {"sampler": "grid"})
         assert len(grid_points(spec.search_space)) >= 1
+
+
+def test_free_bits_with_the_importance_weighted_bound_is_refused_in_a_run_config(cli, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("free_bits: 0.5\nobjective_k: 5\nepochs: 1\n")
+    result = cli("train", config)
+    assert result.exit_code == 2, result.output
+    assert "free_bits: free bits (0.5) floor the single-sample ELBO's KL term" in result.output

@@ -16,7 +16,7 @@ import tuner.seeds
 import tuner.train
 from tuner.datasets import load_splits
 from tuner.objective import Objective
-from tuner.search_space import run_config
+from tuner.search_space import TOP_LEVEL, run_config
 from tuner.seeds import derive
 from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig, StudySpec
 from tuner.train import TrainingInterrupted, TrainResult, train
@@ -32,7 +32,18 @@ MODELS = {
         "depth": 1,
         "hidden_size": 16,
     },
+    "hierarchical": {
+        "architecture": "hierarchical",
+        "latent_dim": 4,
+        "hidden_dim": 16,
+        "z2_dim": 2,
+        "z2_hidden_dim": 8,
+        "depth": 1,
+        "flow": "iaf",
+    },
 }
+# the remedies of issue 12 resume too: the bound, the schedule (from the step counter), the flow
+REMEDIES = {"objective_k": 3, "kl_schedule": "cyclical", "kl_cycles": 2}
 
 
 def _config(architecture: str = "mlp", dropout: float = 0.3, **kw: Any) -> RunConfig:
@@ -93,9 +104,13 @@ def _assert_same_run(a: TrainResult, b: TrainResult) -> None:
         assert torch.equal(wa[name], wb[name]), name
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "rnn", "hybrid"])
-def test_resume_after_a_crash_is_bit_exact_with_dropout(architecture: str):
-    config = _config(architecture)
+@pytest.mark.parametrize(
+    ("architecture", "knobs"),
+    [("mlp", {}), ("rnn", {}), ("hybrid", {}), ("hierarchical", REMEDIES)],
+    ids=["mlp", "rnn", "hybrid", "hierarchical-iaf-iwae-cyclical"],
+)
+def test_resume_after_a_crash_is_bit_exact_with_dropout(architecture: str, knobs: dict):
+    config = _config(architecture, **knobs)
     splits = load_splits(config.dataset, config.data_seed)
     straight = train(config, splits, on_epoch=lambda run: torch.rand(1000))
 
@@ -175,22 +190,8 @@ def _spec(seed: int, **training: Any) -> StudySpec:
 
 
 def _values(spec: StudySpec) -> dict[str, Any]:
-    return {
-        "architecture": "mlp",
-        "latent_dim": 4,
-        "dropout": 0.2,
-        "beta": 1.0,
-        "lr": 1e-3,
-        "batch_size": 64,
-        "warmup_epochs": 0,
-        "free_bits": 0.0,
-        "weight_decay": 0.0,
-        "optimizer": "adam",
-        "lr_schedule": "none",
-        "grad_clip": 0.0,
-        "mlp_hidden_dim": 16,
-        "mlp_depth": 1,
-    }
+    defaults = {name: getattr(spec.search_space, name).value for name in TOP_LEVEL}
+    return {**defaults, "mlp_hidden_dim": 16, "mlp_depth": 1}
 
 
 def test_neighbouring_studies_share_no_trial_seed():

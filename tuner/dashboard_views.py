@@ -31,15 +31,18 @@ def note_markdown(number: int, outcome: str, attrs: Mapping[str, Any]) -> str:
     """A trial's diagnostics as a Markdown table (what a VAE researcher checks first)."""
     recon, kl = attrs.get("val_recon"), attrs.get("val_kl")
     elbo = recon - kl if isinstance(recon, float) and isinstance(kl, float) else None
-    latent = ((attrs.get("config") or {}).get("model") or {}).get("latent_dim", "?")
+    latent = len(attrs.get("kl_per_dim") or ()) or "?"  # every stochastic layer's units
     collapsed = attrs.get("posterior_collapse")
     rows = [
         ("validation ELBO (beta = 1)", f"{_num(elbo)} nats/example"),
         ("reconstruction E[log p(x|z)]", _num(recon)),
         ("rate: KL(q(z|x) ‖ p(z))", _num(kl)),
+        ("KL estimate", attrs.get("kl_estimator", "–")),
         ("active units", f"{attrs.get('active_units', '–')} of {latent}"),
         ("posterior collapse", "**yes**" if collapsed else "no" if collapsed is not None else "–"),
     ]
+    if len(attrs.get("active_units_per_layer") or ()) > 1:
+        rows.append(("active units per layer (z1 first)", attrs["active_units_per_layer"]))
     if "val_iw_nll" in attrs:
         rows.append((f"IW-NLL (k = {attrs.get('iw_samples')})", _num(attrs["val_iw_nll"])))
     rows += [

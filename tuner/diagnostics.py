@@ -11,7 +11,7 @@ from PIL import Image
 
 from models import VAE
 from models.likelihoods import Likelihood
-from models.losses import reparameterize
+from models.losses import tile
 
 MAX_DECODED = 2048  # images per decoder call in the IW-NLL: bounds its memory
 
@@ -30,8 +30,11 @@ def iw_log_px(
     """Importance-weighted estimates of log p(x) (Burda et al. 2016), one per example, float64.
 
     log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x); k = 1 is the ELBO and the bound tightens
-    as k grows. Samples are drawn `chunk` at a time, all images of a batch decoded together,
-    and combined with a streaming log-sum-exp in float64. `progress` sees the examples done.
+    as k grows. The model's `posterior` gives log q(z|x) (a flow's log-determinants included:
+    log N(z_0) - sum log|det|) and log p(z) (two layers: log p(z1|z2) + log p(z2)). Samples are
+    drawn a chunk at a time, all images of a batch decoded together, and combined with a
+    streaming log-sum-exp in float64, so memory stays bounded. `progress` sees the examples
+    done.
     """
     was_training = model.training
     model.eval()
@@ -39,22 +42,16 @@ def iw_log_px(
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        mu, logvar = model.encode(xb)
         acc = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
         # at most MAX_DECODED images per decoder call: a conv decoder's activations for
         # chunk x batch = 25,600 MNIST images took 13 GB and got a worker OOM-killed
         step = max(1, min(chunk, MAX_DECODED // len(xb)))
         for done in range(0, k, step):
             m = min(step, k - done)
-            mu_k, logvar_k = mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape)
-            z = reparameterize(mu_k, logvar_k, gen)  # m x B x L
-            logits = model.decode(z.flatten(0, 1))
-            log_px = likelihood.log_prob(logits, xb.repeat(m, *([1] * (xb.dim() - 1))))
-            log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-            log_qz = -0.5 * (
-                (z - mu_k).pow(2) / logvar_k.exp() + logvar_k + math.log(2 * math.pi)
-            ).sum(-1)
-            log_w = log_px.view(m, len(xb)).double() + (log_pz - log_qz).double()
+            drawn = model(xb, gen, m)
+            log_px = likelihood.log_prob(drawn.logits, tile(xb, m)).view(m, len(xb))
+            post = drawn.posterior
+            log_w = log_px.double() + (post.log_p - post.log_q).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
         out.append(acc - math.log(k))
         if progress is not None:

@@ -49,7 +49,7 @@ def _sampler(run: Run, seed: int) -> Callable[[int], torch.Tensor]:
     @torch.no_grad()
     def sample(n: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(derive(seed, "frechet-samples"))
-        z = torch.randn(n, model.latent_dim, generator=gen)
+        z = model.sample_prior(n, gen)
         parts = [
             likelihood.mean(model.decode(z[i : i + 1024].to(device))).float()
             for i in range(0, n, 1024)

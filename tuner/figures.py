@@ -24,6 +24,13 @@ def config_of(trial: FrozenTrial) -> dict:
     return trial.user_attrs.get("config") or {}
 
 
+def latent_units(trial: FrozenTrial) -> int | None:
+    """Units of every stochastic layer (z1 and z2 of a hierarchical model), else latent_dim."""
+    return len(trial.user_attrs.get("kl_per_dim") or ()) or (
+        config_of(trial).get("model") or {}
+    ).get("latent_dim")
+
+
 def with_diagnostics(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Finished trials (complete or pruned) that recorded their validation terms."""
     done = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -147,7 +154,7 @@ def collapse_figure(trials: Sequence[FrozenTrial]) -> go.Figure:
     zero the posterior collapsed."""
     finished = with_diagnostics(trials)
     fig = go.Figure()
-    sizes = [(config_of(t).get("model") or {}).get("latent_dim") for t in finished]
+    sizes = [latent_units(t) for t in finished]
     top = max([s for s in sizes if s] or [1])
     fig.add_trace(
         go.Scatter(
@@ -164,7 +171,7 @@ def collapse_figure(trials: Sequence[FrozenTrial]) -> go.Figure:
         if group:
             fig.add_trace(
                 go.Scatter(
-                    x=[(config_of(t).get("model") or {}).get("latent_dim") for t in group],
+                    x=[latent_units(t) for t in group],
                     y=[t.user_attrs.get("active_units", 0) for t in group],
                     mode="markers",
                     name=f"{state.name.lower()} ({len(group)})",
@@ -175,7 +182,7 @@ def collapse_figure(trials: Sequence[FrozenTrial]) -> go.Figure:
             )
     fig.update_layout(
         title="Collapse: active units against latent size",
-        xaxis_title="latent size (dimensions of z)",
+        xaxis_title="latent size (units of every stochastic layer)",
         yaxis_title="active units",
         legend={"orientation": "h", "y": -0.22},
         margin={"b": 110},

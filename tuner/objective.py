@@ -75,6 +75,7 @@ class Objective:
                 trial.set_user_attr("device", str(run.device))
                 trial.set_user_attr("precision", run.precision)
                 trial.set_user_attr("num_parameters", run.num_parameters)
+                trial.set_user_attr("kl_estimator", run.model.kl_estimator)
             if multi:  # Optuna takes no intermediate values here: keep the curve ourselves
                 curve[r.epoch - 1 :] = [round(r.val.elbo, 4)]
                 trial.set_user_attr(CURVE_ATTR, curve)
@@ -141,6 +142,7 @@ def _record(trial: optuna.Trial, run: TrainResult) -> None:
     trial.set_user_attr("val_recon", r.val.recon)
     trial.set_user_attr("val_kl", r.val.kl)
     trial.set_user_attr("active_units", r.val.active_units)
+    trial.set_user_attr("active_units_per_layer", list(r.val.active_units_per_layer))
     trial.set_user_attr("posterior_collapse", r.val.active_units == 0)
     trial.set_user_attr("kl_per_dim", [round(v, 4) for v in r.val.kl_per_dim])
     trial.set_user_attr("wall_seconds", round(r.wall_seconds, 3))

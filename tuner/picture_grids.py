@@ -144,10 +144,8 @@ def save_pictures(
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     originals = x[:n]
-    mu, _ = model.encode(originals)
-    recon = likelihood.mean(model.decode(mu))
-    z = torch.randn(n * n, model.latent_dim, device=x.device, generator=gen)
-    samples = likelihood.mean(model.decode(z)).float()
+    recon = likelihood.mean(model.decode(model.code(originals)))
+    samples = likelihood.mean(model.decode(model.sample_prior(n * n, gen))).float()
     model.train(was_training)
     pairs = Block([originals.float(), recon.float()], row_labels=["original", "reconstruction"])
     drawn = {

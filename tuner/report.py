@@ -105,9 +105,12 @@ def _best(trial: FrozenTrial) -> str:
     rows: list[tuple[object, ...]] = [
         ("validation ELBO (nats/example)", f"{validation_elbo(trial):.3f}"),
         ("rate: KL (nats/example)", f"{a.get('val_kl', float('nan')):.3f}"),
+        ("KL estimate", a.get("kl_estimator", "closed form")),
         ("reconstruction E[log p(x|z)]", f"{a.get('val_recon', float('nan')):.3f}"),
         ("active units", a.get("active_units")),
     ]
+    if len(a.get("active_units_per_layer") or ()) > 1:
+        rows.append(("active units per layer (z1 first)", a["active_units_per_layer"]))
     if "val_iw_nll" in a:
         rows.append((f"IW-NLL, k={a.get('iw_samples')}", f"{a['val_iw_nll']:.3f}"))
     rows += [

@@ -42,11 +42,6 @@ class Request:
     seed: int = 0
 
 
-def _cpu_noise(seed: int, purpose: str, *shape: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(derive(seed, purpose))
-    return torch.randn(*shape, generator=gen)
-
-
 def _test_images(run: Run, count: int, seed: int) -> torch.Tensor:
     """`count` test images (as the model is scored on them), chosen by the seed (repeated when
     the test split has fewer)."""
@@ -89,11 +84,13 @@ class _Drawer:
         return self.likelihood.mean(self.model.decode(z.to(self.device))).float().cpu()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(x)[0]
+        """The z the decoder reads for an image: its posterior mean (through a flow, if any)."""
+        return self.model.code(x)
 
     def samples(self) -> tuple[str, bytes]:
         r = self.request
-        z = r.temperature * _cpu_noise(r.seed, "sample-prior", r.n, self.model.latent_dim)
+        gen = torch.Generator().manual_seed(derive(r.seed, "sample-prior"))
+        z = r.temperature * self.model.sample_prior(r.n, gen)  # two layers: z2, then p(z1|z2)
         images = self.show(z)
         cols = math.ceil(math.sqrt(r.n))
         rows = [images[i : i + cols] for i in range(0, r.n, cols)]

@@ -160,12 +160,41 @@ class TrainingKnobs(_Strict):
     beta: float = Field(1.0, gt=0, description="weight of the KL term in the training loss")
     lr: float = Field(1e-3, gt=0, description="learning rate")
     batch_size: int = Field(64, ge=1)
+    kl_schedule: Literal["none", "linear", "cyclical"] = Field(
+        "linear",
+        description="KL weight over training: none = beta throughout; linear = warm-up from 0 "
+        "to beta over warmup_epochs (0: none); cyclical = Fu et al. 2019, kl_cycles x kl_ratio",
+    )
     warmup_epochs: int = Field(0, ge=0, description="linear KL warm-up from 0 to beta")
+    kl_cycles: int = Field(4, ge=1, description="cyclical: cycles M over the training run")
+    kl_ratio: float = Field(
+        0.5, gt=0, le=1, description="cyclical: fraction R of a cycle spent rising to beta"
+    )
     free_bits: float = Field(0.0, ge=0, description="per-dimension KL floor in the loss, nats")
+    objective_k: int = Field(
+        1, ge=1, le=5000, description="importance samples of the training bound (1: the ELBO)"
+    )
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw"] = "adam"  # names of torch.optim classes, lower case
-    lr_schedule: Literal["none", "cosine", "step"] = "none"
+    lr_schedule: Literal["none", "cosine", "step", "iwae"] = "none"
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = no clipping")
+
+    @model_validator(mode="after")
+    def _bound_fits(self) -> TrainingKnobs:
+        problem = free_bits_conflict(self.free_bits, self.objective_k)
+        if problem:
+            raise _fail("free_bits", problem)
+        return self
+
+
+def free_bits_conflict(free_bits: float, objective_k: int) -> str | None:
+    """Why free bits and the importance-weighted bound do not combine (None: they do)."""
+    if free_bits > 0 and objective_k > 1:
+        return (
+            f"free bits ({free_bits}) floor the single-sample ELBO's KL term, which the "
+            f"importance-weighted bound (objective_k = {objective_k}) does not have: use one"
+        )
+    return None
 
 
 TRAINING_KNOBS = tuple(TrainingKnobs.model_fields)
@@ -225,6 +254,11 @@ class _SearchSpaceBase(_Strict):
             _check(name, getattr(self, name), ModelConfig, name)
         for name in TRAINING_KNOBS:
             _check(name, getattr(self, name), TrainingKnobs, name)
+        problem = free_bits_conflict(max(self.free_bits.values()), max(self.objective_k.values()))
+        if problem:
+            raise _fail(
+                "free_bits", f"{problem}; in a search space fix free_bits at 0 or objective_k at 1"
+            )
         for arch in architectures():
             config = config_class(arch)
             known = sorted(set(config.model_fields) - set(MODEL_KNOBS))

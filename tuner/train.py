@@ -16,11 +16,13 @@ from typing import Any, Protocol
 import torch
 
 from models import VAE, build_model
+from models.bounds import training_bound
 from models.likelihoods import Likelihood, build_likelihood
-from models.losses import gaussian_kl, gaussian_kl_per_dim
+from models.losses import tile
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
 from tuner.hardware import available_cores, resolve_precision
+from tuner.kl_schedule import kl_weight
 from tuner.seeds import derive
 from tuner.spec import RunConfig
 
@@ -57,20 +59,26 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """ELBO terms at beta = 1, in nats per example, plus posterior diagnostics."""
+    """ELBO terms at beta = 1, in nats per example, plus posterior diagnostics.
+
+    `kl` is the model's own KL (closed form, or the one-sample Monte-Carlo estimate with a flow
+    or two stochastic layers), so elbo = recon - kl always; `kl_per_dim` and the active units are
+    those of each stochastic layer's Gaussian before any flow, bottom layer first.
+    """
 
     elbo: float
     recon: float
     kl: float
     active_units: int
     kl_per_dim: tuple[float, ...] = ()
-    active_dims: tuple[int, ...] = ()  # which latent dimensions are the active units
+    active_dims: tuple[int, ...] = ()  # which latent dimensions (all layers, in order) are active
+    active_units_per_layer: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class EpochResult:
     epoch: int  # 1-based
-    train_loss: float  # the beta/warm-up/free-bits weighted loss the optimizer saw, per example
+    train_loss: float  # minus the bound the optimizer maximized (beta, free bits, k), per image
     val: Evaluation
     train_seconds: float  # cumulative, training steps only
     wall_seconds: float  # cumulative, since the run started (data transfer, validation included)
@@ -155,25 +163,38 @@ def evaluate(
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     recon = torch.zeros((), device=x.device, dtype=torch.float64)
-    kl_dims = torch.zeros(model.latent_dim, device=x.device, dtype=torch.float64)
-    mus = []
+    kl = torch.zeros((), device=x.device, dtype=torch.float64)
+    kl_dims: list[torch.Tensor] = []  # per layer: summed over the data
+    mus: list[list[torch.Tensor]] = []  # per layer: each batch's means
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         out = model(xb, gen)
         recon += likelihood.log_prob(out.logits, xb).sum(dtype=torch.float64)
-        kl_dims += gaussian_kl_per_dim(out.mu, out.logvar).sum(0, dtype=torch.float64)
-        mus.append(out.mu)
-    mu = torch.cat(mus)
-    kl_dims /= len(x)
-    varies = mu.var(0, unbiased=False).double() > ACTIVE_UNIT_THRESHOLD
-    active = varies & (kl_dims > ACTIVE_UNIT_MIN_KL)
+        kl += out.posterior.kl.sum(dtype=torch.float64)
+        for i, layer in enumerate(out.posterior.layers):
+            units = layer.mu.shape[-1]
+            dims = layer.kl_per_dim().reshape(-1, units).sum(0, dtype=torch.float64)
+            if i == len(kl_dims):
+                kl_dims.append(torch.zeros_like(dims))
+                mus.append([])
+            kl_dims[i] += dims
+            mus[i].append(layer.mu.reshape(-1, units))
+    masks = []
+    for dims, means in zip(kl_dims, mus, strict=True):
+        dims /= len(x)
+        varies = torch.cat(means).var(0, unbiased=False).double() > ACTIVE_UNIT_THRESHOLD
+        masks.append((varies & (dims > ACTIVE_UNIT_MIN_KL)).double())
+    n = sum(len(m) for m in masks)
     r, k, *rest = torch.cat(
-        [torch.stack([recon / len(x), kl_dims.sum()]), kl_dims, active.double()]
-    ).tolist()  # one read back from the device
-    per_dim, mask = rest[: model.latent_dim], rest[model.latent_dim :]
-    dims = tuple(i for i, on in enumerate(mask) if on)
+        [torch.stack([recon / len(x), kl / len(x)]), *kl_dims, *masks]
+    ).tolist()  # the one sync
+    per_dim, mask = rest[:n], rest[n:]
+    active, per_layer, start = tuple(i for i, on in enumerate(mask) if on), [], 0
+    for m in masks:
+        per_layer.append(int(sum(mask[start : start + len(m)])))
+        start += len(m)
     model.train(was_training)
-    return Evaluation(r - k, r, k, len(dims), tuple(per_dim), dims)
+    return Evaluation(r - k, r, k, len(active), tuple(per_dim), active, tuple(per_layer))
 
 
 def score_test_split(
@@ -192,7 +213,18 @@ def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
     if config.lr_schedule == "step":
         step = max(1, config.epochs // 3)
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
+    if config.lr_schedule == "iwae":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, iwae_lr_factor)
     return None
+
+
+def iwae_lr_factor(epoch: int) -> float:
+    """Burda et al. 2016's schedule: 3^i epochs at lr * 10^(-i/7), i = 0..7 (3,280 epochs in
+    all; the last stage's rate after that). `epoch` counts from 0."""
+    stage = 0
+    while stage < 7 and epoch >= (3 ** (stage + 1) - 1) // 2:  # sum_(j<=i) 3^j epochs done
+        stage += 1
+    return 10 ** (-stage / 7)
 
 
 def train(
@@ -243,8 +275,7 @@ def train(
 
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    warmup_steps = config.warmup_epochs * steps_per_epoch
-    free_bits, clip = config.free_bits, config.grad_clip
+    free_bits, clip, k = config.free_bits, config.grad_clip, config.objective_k
     step, train_seconds, first_epoch = 0, 0.0, 1
     rng = _rng_state(device)  # after weight init: where epoch 1 starts
     state = checkpoints.load() if checkpoints is not None else None
@@ -275,15 +306,11 @@ def train(
                 raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
             xb = shuffled[start : start + bs]
             step += 1
-            weight = config.beta * min(1.0, step / warmup_steps) if warmup_steps else config.beta
+            weight = kl_weight(config, step, steps_per_epoch, config.epochs)
             with autocast:
-                out = model(xb, gen)
-            mu, logvar, logits = out.mu.float(), out.logvar.float(), out.logits.float()
-            if free_bits:  # KL floor per latent dimension (batch average), training only
-                kl = gaussian_kl_per_dim(mu, logvar).mean(0).clamp(min=free_bits).sum()
-            else:
-                kl = gaussian_kl(mu, logvar).mean()
-            loss = weight * kl - likelihood.log_prob(logits, xb).mean()
+                out = model(xb, gen, k)  # k posterior samples per image (the IWAE bound's)
+            log_px = likelihood.log_prob(out.logits.float(), tile(xb, k)).view(k, len(xb))
+            loss = -training_bound(log_px, out.posterior, weight, free_bits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -326,5 +353,6 @@ def train(
 
 def _epoch_from_dict(d: dict[str, Any]) -> EpochResult:
     val = d["val"]
-    tuples = {k: tuple(val[k]) for k in ("kl_per_dim", "active_dims") if k in val}
+    keys = ("kl_per_dim", "active_dims", "active_units_per_layer")
+    tuples = {k: tuple(val[k]) for k in keys if k in val}
     return EpochResult(**{**d, "val": Evaluation(**{**val, **tuples})})

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from models import parse_config
 from tuner.errors import UserError
 from tuner.figures import validation_elbo
 from tuner.search_space import TOP_LEVEL, knob_name
@@ -93,13 +94,13 @@ class OutsideSpace(ValueError):
 
 def point(config: RunConfig, space: SearchSpace) -> dict[str, Any]:
     """The config as the Optuna params of `space` (searched parameters only)."""
-    arch = config.model["architecture"]
-    values = {"architecture": arch, **{k: config.model.get(k) for k in MODEL_KNOBS}}
+    arch, model = parse_config(config.model)  # knobs a config predates take their defaults
+    values = {"architecture": arch, **{k: getattr(model, k) for k in MODEL_KNOBS}}
     values.update({k: getattr(config, k) for k in TOP_LEVEL if k not in values})
     params = {name: getattr(space, name) for name in TOP_LEVEL}
     if space.architecture.why_not(arch) is None:
         params.update({knob_name(arch, k): p for k, p in space.knobs(arch).items()})
-        values.update({knob_name(arch, k): config.model.get(k) for k in space.knobs(arch)})
+        values.update({knob_name(arch, k): getattr(model, k) for k in space.knobs(arch)})
     found: dict[str, Any] = {}
     for name, param in params.items():
         why = param.why_not(values[name])
