@@ -22,6 +22,7 @@ def front(cli, write_spec, db_url) -> optuna.Study:
     result = cli("run", write_spec(RD))
     assert result.exit_code == 0, result.output
     assert "Pareto front (rate, distortion in nats/example)" in result.output
+    assert "Pick one: vae-tune export-best --study-name tiny --trial N" in result.output
     return optuna.load_study(study_name="tiny", storage=db_url)
 
 

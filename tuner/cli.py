@@ -237,7 +237,10 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
                 f"  trial {t.number:>4}  rate {t.values[0]:8.3f}  distortion {t.values[1]:9.3f}"
                 f"  beta {beta:.3g}"
             )
-        typer.echo("Pick one: vae-tune export-best --study-name NAME --trial N (or --max-rate R)")
+        typer.echo(
+            f"Pick one: vae-tune export-best --study-name {shlex.quote(study.study_name)} "
+            "--trial N --output point.yaml (or --max-rate R)"
+        )
     typer.echo(
         f"Best: trial {best.number}, validation ELBO {validation_elbo(best):.3f} nats/example"
     )
