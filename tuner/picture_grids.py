@@ -151,7 +151,7 @@ def save_pictures(
     drawn = {
         "reconstructions.png": figure(f"Reconstructions (posterior means): {caption}", [pairs]),
         "samples.png": figure(
-            f"Prior samples, z ~ N(0, I), seed {seed}: {caption}",
+            f"Prior samples, z ~ p(z), seed {seed}: {caption}",
             [Block(list(samples.view(n, n, *samples.shape[1:])))],
         ),
     }
