@@ -129,6 +129,25 @@ def summary(study: optuna.Study, target: float | None) -> dict:
     }
 
 
+def run_vae_tune(spec, trials: int, epochs: int, pruner: str | None, target: float) -> dict:
+    """`vae-tune run` on the spec in a scratch folder (its defaults, or `--pruner`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec.storage = f"sqlite:///{tmp}/v.db"
+        spec_file = Path(tmp) / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        cmd = [CLI, "run", str(spec_file), "--n-trials", str(trials), "--epochs", str(epochs)]
+        if pruner:
+            cmd += ["--pruner", pruner]
+        env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+        ours = summary(study, target)
+    ours["wall"] = wall
+    return ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", required=True)
@@ -136,12 +155,18 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--pruner", default=None, help="vae-tune's pruner (default: the spec's)")
+    ap.add_argument(
+        "--pruner",
+        default="",
+        help="vae-tune's pruner (default: the spec's); a comma list runs vae-tune once with\n"
+        "each against the same plain run, e.g. --pruner median,hyperband",
+    )
     args = ap.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())  # vae-tune runs in a scratch folder
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruners = args.pruner.split(",")  # "" = the spec's
 
-    rows = []
+    plains, ours = [], {p: [] for p in pruners}
     for seed in [int(s) for s in args.seeds.split(",")]:
         spec = load_spec(SPEC, {"dataset.data_dir": args.data_dir, "seed": seed})
         if args.subset:
@@ -153,55 +178,48 @@ def main() -> None:
         started = time.perf_counter()
         plain = summary(plain_study(train_x, val_x, seed, args.trials, args.epochs), None)
         plain["wall"] = time.perf_counter() - started
+        plains.append(plain)
         print(
-            f"seed {seed}: plain script {plain['wall']:.0f} s, {plain['epochs']} epochs, best "
-            f"{plain['best']:.2f}",
+            f"seed {seed}: plain script {plain['wall']:7.0f} s {plain['epochs']:4d} epochs, best "
+            f"{plain['best']:8.2f}",
             flush=True,
         )
+        for pruner in pruners:
+            mine = run_vae_tune(
+                spec.model_copy(deep=True), args.trials, args.epochs, pruner, plain["best"]
+            )
+            ours[pruner].append(mine)
+            to = mine["to_target"]
+            print(
+                f"seed {seed}: vae-tune ({pruner or 'spec pruner'}) {mine['wall']:7.0f} s "
+                f"{mine['epochs']:4d} epochs, best {mine['best']:8.2f}, reached plain's best "
+                "after " + (f"{to:.0f} s" if to is not None else "never"),
+                flush=True,
+            )
 
-        with tempfile.TemporaryDirectory() as tmp:
-            spec.storage = f"sqlite:///{tmp}/v.db"
-            spec_file = Path(tmp) / "spec.yaml"
-            spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-            cmd = [CLI, "run", str(spec_file), "--n-trials", str(args.trials)]
-            cmd += ["--epochs", str(args.epochs)]
-            if args.pruner:
-                cmd += ["--pruner", args.pruner]
-            env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
-            started = time.perf_counter()
-            subprocess.run(cmd, check=True, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
-            wall = time.perf_counter() - started
-            study = optuna.load_study(study_name=spec.study_name, storage=f"sqlite:///{tmp}/v.db")
-            ours = summary(study, plain["best"])
-            ours["wall"] = wall
-        rows.append((seed, plain, ours))
-        to = ours["to_target"]
-        print(
-            f"seed {seed}: plain {plain['wall']:7.0f} s {plain['epochs']:4d} epochs best "
-            f"{plain['best']:8.2f} | vae-tune {ours['wall']:7.0f} s {ours['epochs']:4d} epochs "
-            f"best {ours['best']:8.2f}, reached plain's best after "
-            + (f"{to:.0f} s" if to is not None else "never"),
-            flush=True,
-        )
-
-    def med(side: int, key: str) -> float:
-        vals = [r[side][key] for r in rows]
-        vals = [v if v is not None else float("inf") for v in vals]
+    def med(rows: list[dict], key: str) -> float:
+        vals = [r[key] if r[key] is not None else float("inf") for r in rows]
         return statistics.median(vals)
 
     print(
         f"\nmedians over seeds {args.seeds} ({args.trials} trials x <= {args.epochs} epochs, "
         f"{len(train_x)} training images)"
     )
-    print(f"plain Optuna script : wall {med(1, 'wall'):7.0f} s, best {med(1, 'best'):8.2f}")
     print(
-        f"vae-tune defaults   : wall {med(2, 'wall'):7.0f} s, best {med(2, 'best'):8.2f}, "
-        f"time to target {med(2, 'to_target'):7.0f} s"
+        f"plain Optuna script       : wall {med(plains, 'wall'):7.0f} s, epochs "
+        f"{med(plains, 'epochs'):5.0f}, best {med(plains, 'best'):8.2f}"
     )
-    print(
-        f"time to target / plain wall: {med(2, 'to_target') / med(1, 'wall'):.2f} "
-        f"(goal <= 0.33); best vae-tune - plain: {med(2, 'best') - med(1, 'best'):+.2f} nats"
-    )
+    for pruner, rows in ours.items():
+        name = f"vae-tune ({pruner or 'spec pruner'})"
+        print(
+            f"{name:26}: wall {med(rows, 'wall'):7.0f} s, epochs {med(rows, 'epochs'):5.0f}, best "
+            f"{med(rows, 'best'):8.2f}, time to target {med(rows, 'to_target'):7.0f} s"
+        )
+        print(
+            f"{'':26}  time to target / plain wall: "
+            f"{med(rows, 'to_target') / med(plains, 'wall'):.2f} (goal <= 0.33); best vae-tune "
+            f"- plain: {med(rows, 'best') - med(plains, 'best'):+.2f} nats"
+        )
     print(f"numpy {np.__version__}, torch {torch.__version__}, optuna {optuna.__version__}")
 
 

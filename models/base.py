@@ -1,6 +1,14 @@
 """The VAE contract every architecture fulfils: encode x to the Gaussian (mu, logvar) of
 q(z|x), decode z to logits.
 
+A conditional VAE (`conditional: true`, Sohn et al. 2015) also sees a class label y: its
+one-hot enters the decoder beside z, p(x|z, y), and the encoder, q(z|x, y), at both ends: a
+learned per-class offset of the input image (for an MLP exactly what concatenating the one-hot
+to its input computes) and of the Gaussian heads' output. Both offsets start at zero. The
+prior stays N(0, I), so a class is drawn by decoding prior samples with its label.
+Architectures only map images to heads and decoder inputs to logits (`encode_images`,
+`decode_latents`); the label is handled here, once.
+
 The densities a bound is made of, log q(z|x) (a flow's log-determinants included) and log p(z),
 come from `posterior`, whose default here is the encoder's Gaussian pushed through the
 configured flow, under a N(0, I) prior. A model with more stochastic layers overrides
@@ -60,22 +68,74 @@ class VAEOutput(NamedTuple):
 
 
 class VAE(nn.Module):
-    """Base class: subclasses implement `encode` and `decode`; images are B x H x W in [0, 1].
-    Subclasses pass their config to `__init__`, which builds the flow it names."""
+    """Base class: subclasses implement `encode_images` and `decode_latents`, whose input is
+    `decoder_input_dim` wide; images are B x H x W in [0, 1]. Subclasses pass their config and
+    the dataset's number of classes to `__init__`, which builds the flow and the label inputs
+    the config names."""
 
     latent_dim: int
 
-    def __init__(self, config: ModelConfig | None = None):
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        image_shape: tuple[int, int] = (1, 1),
+        classes: int = 0,
+    ):
         super().__init__()
+        self.image_shape = tuple(image_shape)
         named = config is not None
         flow = (config.flow, config.flow_length, config.latent_dim) if named else ("none", 0, 0)
         self.flow: Flow = build_flow(*flow)
+        conditional = named and config.conditional
+        if conditional and classes < 2:
+            raise ValueError("conditional: true needs a dataset with class labels (2 or more)")
+        self.classes = classes if conditional else 0  # 0: unconditional
+        latent = config.latent_dim if named else 0
+        self.decoder_input_dim = latent + self.classes  # [z, one-hot y]
+        if self.classes:  # zero-initialized: training starts from the unconditional model
+            self.label_pixels = nn.Embedding(
+                self.classes, self.image_shape[0] * self.image_shape[1]
+            )
+            self.label_heads = nn.Embedding(self.classes, 2 * latent)
+            nn.init.zeros_(self.label_pixels.weight)
+            nn.init.zeros_(self.label_heads.weight)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def conditional(self) -> bool:
+        return self.classes > 0
+
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the decoder's input: z, or [z, one-hot y] for a conditional model."""
         raise NotImplementedError
+
+    def labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """`y` for a conditional model (required), None for another (ignored)."""
+        if not self.classes:
+            return None
+        if y is None:
+            raise ValueError("a conditional VAE needs the class labels of its inputs")
+        return y
+
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z|x) (q(z|x, y) for a conditional model)."""
+        y = self.labels(y)
+        if y is None:
+            return self.encode_images(x)
+        mu, logvar = self.encode_images(x + self.label_pixels(y).view_as(x))
+        shift_mu, shift_logvar = self.label_heads(y).chunk(2, dim=-1)
+        return mu + shift_mu, logvar + shift_logvar
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of p(x|z) (p(x|z, y)); a conditional model's `y` has one label per row of z."""
+        y = self.labels(y)
+        if y is not None:
+            z = torch.cat([z, nn.functional.one_hot(y, self.classes).to(z.dtype)], -1)
+        return self.decode_latents(z)
 
     @property
     def closed_form_kl(self) -> bool:
@@ -88,19 +148,27 @@ class VAE(nn.Module):
         return "closed form" if self.closed_form_kl else "monte carlo"
 
     def encoder_sample(
-        self, x: torch.Tensor, samples: int, generator: torch.Generator | None
+        self,
+        x: torch.Tensor,
+        samples: int,
+        generator: torch.Generator | None,
+        y: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Layer]:
         """z ~ q(z|x) (S x B x L) and log q(z|x) = log N(z_0; mu, sigma^2) - sum log|det|."""
-        mu, logvar = map(at_least_fp32, self.encode(x))
+        mu, logvar = map(at_least_fp32, self.encode(x, y))
         shape = (samples, *mu.shape)
         z0 = reparameterize(mu.expand(shape), logvar.expand(shape), generator)
         z, log_det = self.flow(z0, torch.cat([mu, logvar], -1))
         return z, log_normal(z0, mu, logvar).sum(-1) - log_det, Layer(mu, logvar)
 
     def posterior(
-        self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
     ) -> Posterior:
-        z, log_q, layer = self.encoder_sample(x, samples, generator)
+        z, log_q, layer = self.encoder_sample(x, samples, generator, y)
         log_p = log_standard_normal(z).sum(-1)
         exact = self.closed_form_kl
         kl = gaussian_kl(layer.mu, layer.logvar).expand_as(log_q) if exact else log_q - log_p
@@ -110,16 +178,24 @@ class VAE(nn.Module):
         """n draws of the z the decoder reads, from the prior, on the generator's device."""
         return torch.randn(n, self.latent_dim, device=generator.device, generator=generator)
 
-    def code(self, x: torch.Tensor) -> torch.Tensor:
+    def code(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The z a reconstruction is shown for: the encoder's mean through the flow, no noise."""
-        mu, logvar = map(at_least_fp32, self.encode(x))
+        mu, logvar = map(at_least_fp32, self.encode(x, y))
         return self.flow(mu, torch.cat([mu, logvar], -1))[0]
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, samples: int = 1
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        samples: int = 1,
+        y: torch.Tensor | None = None,
     ) -> VAEOutput:
-        post = self.posterior(x, samples, generator)
-        return VAEOutput(self.decode(post.z.flatten(0, 1)), post)
+        """Logits of S posterior samples per image (sample-major) and the posterior; `y`, the
+        images' labels, for a conditional model."""
+        post = self.posterior(x, samples, generator, y)
+        y = self.labels(y)
+        tiled = None if y is None else y.repeat(samples)  # sample-major, as z is flattened
+        return VAEOutput(self.decode(post.z.flatten(0, 1), tiled), post)
 
 
 def gaussian_heads(in_features: int, latent_dim: int) -> nn.Linear:

@@ -23,3 +23,6 @@ class ModelConfig(BaseModel):
         "none", description="posterior flow on q(z|x): planar (Rezende 2015), iaf (Kingma 2016)"
     )
     flow_length: int = Field(2, ge=0, le=64, description="flow steps K (0: no flow)")
+    conditional: bool = Field(
+        False, description="condition q(z|x, y) and p(x|z, y) on the class label (labelled data)"
+    )

@@ -46,9 +46,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvVAE(VAE):
-    def __init__(self, config: ConvConfig, image_shape: tuple[int, int]):
-        super().__init__(config)
-        self.image_shape = image_shape
+    def __init__(self, config: ConvConfig, image_shape: tuple[int, int], classes: int = 0):
+        super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim
         enc = ConvEncoder(
             image_shape, config.channels, config.depth, config.latent_dim, config.dropout
@@ -56,7 +55,7 @@ class ConvVAE(VAE):
         self.encoder = enc
         sizes, chans = enc.sizes, enc.chans
         self.bottom = (chans[-1], *sizes[-1])
-        self.project = nn.Sequential(nn.Linear(config.latent_dim, enc.flat), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(self.decoder_input_dim, enc.flat), nn.ReLU())
         dec: list[nn.Module] = []
         for i in reversed(range(config.depth)):
             (h_in, w_in), (h_out, w_out) = sizes[i + 1], sizes[i]
@@ -69,9 +68,9 @@ class ConvVAE(VAE):
         dec.append(nn.Conv2d(chans[1], 1, 3, padding=1))  # logits, full resolution
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(-1, *self.bottom)
         return self.decoder(h).squeeze(1)

@@ -27,9 +27,8 @@ class HierarchicalConfig(ModelConfig):
 
 
 class HierarchicalVAE(VAE):
-    def __init__(self, config: HierarchicalConfig, image_shape: tuple[int, int]):
-        super().__init__(config)
-        self.image_shape = image_shape
+    def __init__(self, config: HierarchicalConfig, image_shape: tuple[int, int], classes: int = 0):
+        super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim
         self.z2_dim = config.z2_dim
         d, z1, z2 = image_shape[0] * image_shape[1], config.latent_dim, config.z2_dim
@@ -41,16 +40,18 @@ class HierarchicalVAE(VAE):
         self.encoder = nn.Sequential(layers(d, wide), gaussian_heads(wide, z1))  # q(z1|x)
         self.up = nn.Sequential(layers(z1, narrow), gaussian_heads(narrow, z2))  # q(z2|z1)
         self.down = nn.Sequential(layers(z2, narrow), gaussian_heads(narrow, z1))  # p(z1|z2)
-        self.decoder = nn.Sequential(layers(z1, wide), nn.Linear(wide, d))  # p(x|z1)
+        self.decoder = nn.Sequential(  # p(x|z1) (p(x|z1, y))
+            layers(self.decoder_input_dim, wide), nn.Linear(wide, d)
+        )
 
     @property
     def closed_form_kl(self) -> bool:
         return False
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return split_heads(self.encoder(x.flatten(1)))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.image_shape)
 
     def q_z2(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,9 +65,13 @@ class HierarchicalVAE(VAE):
         return at_least_fp32(mu), at_least_fp32(logvar)
 
     def posterior(
-        self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
     ) -> Posterior:
-        z1, log_q1, bottom = self.encoder_sample(x, samples, generator)
+        z1, log_q1, bottom = self.encoder_sample(x, samples, generator, y)
         mu2, logvar2 = self.q_z2(z1)
         z2 = reparameterize(mu2, logvar2, generator)
         prior_mu1, prior_logvar1 = self.p_z1(z2)

@@ -19,17 +19,18 @@ class HybridConfig(ModelConfig):
 
 
 class HybridVAE(VAE):
-    def __init__(self, config: HybridConfig, image_shape: tuple[int, int]):
-        super().__init__(config)
-        self.image_shape = image_shape
+    def __init__(self, config: HybridConfig, image_shape: tuple[int, int], classes: int = 0):
+        super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim
         self.encoder = ConvEncoder(
             image_shape, config.channels, config.depth, config.latent_dim, config.dropout
         )
-        self.decoder = RowDecoder(config.latent_dim, config.hidden_size, config.cell, image_shape)
+        self.decoder = RowDecoder(
+            self.decoder_input_dim, config.hidden_size, config.cell, image_shape
+        )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)

@@ -38,21 +38,20 @@ def stack(
 
 
 class MLPVAE(VAE):
-    def __init__(self, config: MLPConfig, image_shape: tuple[int, int]):
-        super().__init__(config)
-        self.image_shape = image_shape
+    def __init__(self, config: MLPConfig, image_shape: tuple[int, int], classes: int = 0):
+        super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim
         d = image_shape[0] * image_shape[1]
         width, depth, act = config.hidden_dim, config.depth, config.activation
         self.encoder = stack(d, width, depth, config.dropout, act)
         self.heads = gaussian_heads(config.hidden_dim, config.latent_dim)
         self.decoder = nn.Sequential(
-            stack(config.latent_dim, width, depth, config.dropout, act),
+            stack(self.decoder_input_dim, width, depth, config.dropout, act),
             nn.Linear(config.hidden_dim, d),
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return split_heads(self.heads(self.encoder(x.flatten(1))))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.image_shape)

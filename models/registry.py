@@ -48,7 +48,8 @@ def parse_config(config: Mapping[str, Any]) -> tuple[str, ModelConfig]:
     return name, config_class(name).model_validate(params)
 
 
-def build_model(config: Mapping[str, Any], image_shape: tuple[int, int]) -> VAE:
-    """Build a VAE from `{"architecture": name, **knobs}`; unknown names or bad knobs raise."""
+def build_model(config: Mapping[str, Any], image_shape: tuple[int, int], classes: int = 0) -> VAE:
+    """Build a VAE from `{"architecture": name, **knobs}`; unknown names or bad knobs raise.
+    `classes`: how many labels the data has (0: none), for a `conditional: true` config."""
     name, typed = parse_config(config)
-    return REGISTRY[name][0](typed, image_shape)
+    return REGISTRY[name][0](typed, image_shape, classes)

@@ -27,10 +27,10 @@ class RNNConfig(ModelConfig):
 class RowDecoder(nn.Module):
     """z -> logits, one image row per recurrent step (z fed at every step)."""
 
-    def __init__(self, latent_dim: int, hidden_size: int, cell: str, image_shape):
+    def __init__(self, input_dim: int, hidden_size: int, cell: str, image_shape):
         super().__init__()
         self.rows = image_shape[0]
-        self.rnn = CELLS[cell](latent_dim, hidden_size, batch_first=True)
+        self.rnn = CELLS[cell](input_dim, hidden_size, batch_first=True)
         self.out = nn.Linear(hidden_size, image_shape[1])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -39,18 +39,19 @@ class RowDecoder(nn.Module):
 
 
 class RNNVAE(VAE):
-    def __init__(self, config: RNNConfig, image_shape: tuple[int, int]):
-        super().__init__(config)
-        self.image_shape = image_shape
+    def __init__(self, config: RNNConfig, image_shape: tuple[int, int], classes: int = 0):
+        super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim
         self.encoder = CELLS[config.cell](image_shape[1], config.hidden_size, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
         self.heads = gaussian_heads(config.hidden_size, config.latent_dim)
-        self.decoder = RowDecoder(config.latent_dim, config.hidden_size, config.cell, image_shape)
+        self.decoder = RowDecoder(
+            self.decoder_input_dim, config.hidden_size, config.cell, image_shape
+        )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq, _ = self.encoder(x)
         return split_heads(self.heads(self.dropout(seq[:, -1])))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)

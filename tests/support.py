@@ -8,9 +8,11 @@ import os
 import socket
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tuner.storage import unreachable
 
@@ -114,3 +116,27 @@ def browse(url: str, *extra: str, timeout: float = 120) -> tuple[str, list[str]]
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     return done.stdout, console
+
+
+def train_run_dir(folder: Path, **changes: Any) -> Path:
+    """`vae-tune train --output FOLDER/run` of a small MLP on the digits (12 epochs) with
+    `changes` to its run config; returns the run directory."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    config = {
+        "dataset": {"name": "digits"},
+        "model": {"architecture": "mlp", "latent_dim": 6, "hidden_dim": 64},
+        "epochs": 12,
+        "lr": 3.0e-3,
+        "device": "cpu",
+        "threads": 1,
+        **changes,
+    }
+    (folder / "run.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(
+        app, ["train", str(folder / "run.yaml"), "--output", str(folder / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    return folder / "run"

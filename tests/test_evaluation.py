@@ -9,40 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from scipy import linalg
+from support import train_run_dir
 from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.frechet import frechet_distance
 
 
-def _train(folder: Path, **changes) -> Path:
-    config = {
-        "dataset": {"name": "digits"},
-        "model": {"architecture": "mlp", "latent_dim": 6, "hidden_dim": 64},
-        "epochs": 12,
-        "lr": 3.0e-3,
-        "device": "cpu",
-        "threads": 1,
-        **changes,
-    }
-    (folder / "run.yaml").write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(
-        app, ["train", str(folder / "run.yaml"), "--output", str(folder / "run")]
-    )
-    assert result.exit_code == 0, result.output
-    return folder / "run"
-
-
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("healthy"))
+    return train_run_dir(tmp_path_factory.mktemp("healthy"))
 
 
 @pytest.fixture(scope="module")
 def collapsed(tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("collapsed"), beta=50.0)
+    return train_run_dir(tmp_path_factory.mktemp("collapsed"), beta=50.0)
 
 
 def evaluate(run: Path, *flags: str) -> dict:
@@ -115,7 +97,7 @@ def test_sample_quality_against_its_real_floor_with_a_cached_classifier(
 def test_without_labels_the_distance_is_skipped_with_a_reason(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (80, 6, 6), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)
-    run = _train(
+    run = train_run_dir(
         tmp_path,
         dataset={"name": "array", "path": str(tmp_path / "x.npy")},
         epochs=1,

@@ -100,9 +100,9 @@ class TinyConfig(ModelConfig):
 
 
 class TinyVAE(MLPVAE):
-    def __init__(self, config, image_shape):
+    def __init__(self, config, image_shape, classes=0):
         super().__init__(MLPConfig(latent_dim=config.latent_dim, hidden_dim=config.hidden_dim,
-                                   depth=config.n_layers), image_shape)
+                                   depth=config.n_layers), image_shape, classes)
 
 
 registry.REGISTRY["tiny_mlp"] = (TinyVAE, TinyConfig)  # an architecture with "_" in its name

@@ -41,6 +41,7 @@ MODELS = {
         "depth": 1,
         "flow": "iaf",
     },
+    "conv": {"architecture": "conv", "latent_dim": 4, "channels": 4, "depth": 1},
 }
 # the remedies of issue 12 resume too: the bound, the schedule (from the step counter), the flow
 REMEDIES = {"objective_k": 3, "kl_schedule": "cyclical", "kl_cycles": 2}
@@ -106,8 +107,14 @@ def _assert_same_run(a: TrainResult, b: TrainResult) -> None:
 
 @pytest.mark.parametrize(
     ("architecture", "knobs"),
-    [("mlp", {}), ("rnn", {}), ("hybrid", {}), ("hierarchical", REMEDIES)],
-    ids=["mlp", "rnn", "hybrid", "hierarchical-iaf-iwae-cyclical"],
+    [
+        ("mlp", {}),
+        ("rnn", {}),
+        ("hybrid", {}),
+        ("hierarchical", REMEDIES),
+        ("conv", {"model": {**MODELS["conv"], "dropout": 0.3, "conditional": True}}),
+    ],
+    ids=["mlp", "rnn", "hybrid", "hierarchical-iaf-iwae-cyclical", "conv-conditional"],
 )
 def test_resume_after_a_crash_is_bit_exact_with_dropout(architecture: str, knobs: dict):
     config = _config(architecture, **knobs)

@@ -724,6 +724,13 @@ def sample(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the pictures (default: RUN/pictures).")
     ] = None,
+    label: Annotated[
+        int | None,
+        typer.Option(
+            help="A conditional model's class to draw the samples of (default: one row per "
+            "class). Refused for an unconditional model."
+        ),
+    ] = None,
     device: RunDeviceOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -736,7 +743,7 @@ def sample(
     from tuner.sampling import Request, draw_pictures
 
     request = Request(
-        n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed
+        n, temperature, reconstruct, interpolate, traverse, traverse_around.value, seed, label
     )
     for path in draw_pictures(run, request, out, device, data_dir):
         typer.echo(str(path))
@@ -788,11 +795,21 @@ def _evaluation_table(block: dict[str, Any], run: Path) -> Any:
     table.add_row(
         "test ELBO", f"{e['elbo']:.3f}", f"recon {e['recon']:.3f}, KL {e['kl']:.3f}; {n} images"
     )
+    cond = block.get("conditional")
+    given = "-log p(x|y) (y: each image's label)" if cond else "-log p(x)"
     table.add_row(
         f"test IW-NLL, k = {iw['k']}",
         f"{iw['nll']:.3f} ± {iw['se']:.3f}",
-        "-log p(x) bound (Burda et al. 2016); ± standard error over the images",
+        f"{given} bound (Burda et al. 2016); ± standard error over the images",
     )
+    if cond:
+        marginal = cond["iw_nll_marginal"]
+        table.add_row(
+            "test IW-NLL of p(x)",
+            f"{marginal['nll']:.3f} ± {marginal['se']:.3f}",
+            f"y summed out over {cond['classes']} classes, k = {marginal['k_per_class']} per "
+            "class: compares with an unconditional model's IW-NLL",
+        )
     kls = sorted(block["kl_per_dim"], reverse=True)
     table.add_row(
         "active units",
@@ -828,6 +845,12 @@ def _evaluation_table(block: dict[str, Any], run: Path) -> Any:
             f"{fcd['examples']} samples vs test images; real floor (train vs test) "
             f"{fcd['floor']:.3f}; classifier test accuracy {fcd['accuracy']:.1%}",
         )
+        if "label_accuracy" in fcd:
+            table.add_row(
+                "label accuracy of samples",
+                f"{fcd['label_accuracy']:.1%}",
+                "samples drawn for class y that the classifier calls y",
+            )
     return table
 
 

@@ -41,6 +41,14 @@ def note_markdown(number: int, outcome: str, attrs: Mapping[str, Any]) -> str:
         ("active units", f"{attrs.get('active_units', '–')} of {latent}"),
         ("posterior collapse", "**yes**" if collapsed else "no" if collapsed is not None else "–"),
     ]
+    if attrs.get("conditional_classes"):  # its ELBO is of p(x|y), up to log C above p(x)'s
+        rows.insert(
+            1,
+            (
+                "conditional on the label",
+                f"{attrs['conditional_classes']} classes: the ELBO bounds log p(x|y)",
+            ),
+        )
     if len(attrs.get("active_units_per_layer") or ()) > 1:
         rows.append(("active units per layer (z1 first)", attrs["active_units_per_layer"]))
     if "val_iw_nll" in attrs:

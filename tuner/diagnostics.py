@@ -26,6 +26,7 @@ def iw_log_px(
     batch_size: int = 256,
     chunk: int = 100,
     progress: Callable[[int], None] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Importance-weighted estimates of log p(x) (Burda et al. 2016), one per example, float64.
 
@@ -34,7 +35,7 @@ def iw_log_px(
     log N(z_0) - sum log|det|) and log p(z) (two layers: log p(z1|z2) + log p(z2)). Samples are
     drawn a chunk at a time, all images of a batch decoded together, and combined with a
     streaming log-sum-exp in float64, so memory stays bounded. `progress` sees the examples
-    done.
+    done. A conditional model estimates log p(x|y) from the images' `labels`.
     """
     was_training = model.training
     model.eval()
@@ -42,13 +43,14 @@ def iw_log_px(
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
+        yb = None if labels is None else labels[start : start + batch_size]
         acc = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
         # at most MAX_DECODED images per decoder call: a conv decoder's activations for
         # chunk x batch = 25,600 MNIST images took 13 GB and got a worker OOM-killed
         step = max(1, min(chunk, MAX_DECODED // len(xb)))
         for done in range(0, k, step):
             m = min(step, k - done)
-            drawn = model(xb, gen, m)
+            drawn = model(xb, gen, m, yb)
             log_px = likelihood.log_prob(drawn.logits, tile(xb, m)).view(m, len(xb))
             post = drawn.posterior
             log_w = log_px.double() + (post.log_p - post.log_q).double()
@@ -68,9 +70,11 @@ def iw_nll(
     seed: int,
     batch_size: int = 256,
     chunk: int = 100,
+    labels: torch.Tensor | None = None,
 ) -> float:
     """Importance-weighted NLL, nats per example: the mean of -`iw_log_px`."""
-    return -iw_log_px(model, likelihood, x, k, seed, batch_size, chunk).mean().item()
+    log_px = iw_log_px(model, likelihood, x, k, seed, batch_size, chunk, labels=labels)
+    return -log_px.mean().item()
 
 
 def image_grid(images: torch.Tensor, cols: int, scale: int | None = None) -> Image.Image:

@@ -113,7 +113,7 @@ def _load(path: Path, splits: Splits, classes: int) -> tuple[Classifier, float] 
 
 def classifier_for(name: str, splits: Splits, seed: int, device: torch.device) -> Trained:
     """The feature classifier of this dataset: from the cache, else trained and cached."""
-    classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
+    classes = splits.classes
     h, w = splits.image_shape
     path = cache_dir() / "classifiers" / f"{name}-{h}x{w}-{_fingerprint(name, splits)}.pt"
     loaded = _load(path, splits, classes)
@@ -156,6 +156,8 @@ class SampleQuality:
     accuracy: float  # the classifier's, on the test split
     classifier: Path
     cached: bool
+    # a conditional model's: the share of samples drawn for class c the classifier calls c
+    label_accuracy: float | None = None
 
 
 def sample_quality(
@@ -165,16 +167,31 @@ def sample_quality(
     n: int,
     seed: int,
     device: torch.device,
+    labels: torch.Tensor | None = None,
 ) -> SampleQuality:
     """Fréchet classifier distance of `n` model samples (`sample(n)`: images in [0, 1]) to the
-    first `n` test images, and of `n` training images to the same test images (the floor)."""
+    first `n` test images, and of `n` training images to the same test images (the floor).
+    `labels`: the classes a conditional model's samples were drawn for (their label accuracy
+    is reported)."""
     trained = classifier_for(name, splits, seed, device)
     n = min(n, len(splits.test), len(splits.train))
     real = features(trained.classifier, splits.test[:n].to(device))
     gen = torch.Generator().manual_seed(derive(seed, "frechet-floor"))
     pick = torch.randperm(len(splits.train), generator=gen)[:n]
     floor = frechet_distance(features(trained.classifier, splits.train[pick].to(device)), real)
-    fake = features(trained.classifier, sample(n).to(device))
+    drawn = sample(n).to(device)
+    fake = features(trained.classifier, drawn)
+    label_accuracy = None
+    if labels is not None:
+        with torch.no_grad():
+            said = torch.cat([trained.classifier(b).argmax(1) for b in drawn.split(1024)])
+        label_accuracy = (said == labels[:n].to(device)).double().mean().item()
     return SampleQuality(
-        frechet_distance(fake, real), floor, n, trained.accuracy, trained.path, trained.cached
+        frechet_distance(fake, real),
+        floor,
+        n,
+        trained.accuracy,
+        trained.path,
+        trained.cached,
+        label_accuracy,
     )

@@ -24,7 +24,15 @@ from tuner.picture_grids import save_pictures
 from tuner.search_space import run_config, suggest
 from tuner.seeds import derive
 from tuner.spec import StudySpec
-from tuner.train import Checkpoints, EpochResult, NonFiniteLoss, TrainResult, eval_targets, train
+from tuner.train import (
+    Checkpoints,
+    EpochResult,
+    NonFiniteLoss,
+    TrainResult,
+    eval_targets,
+    model_labels,
+    train,
+)
 
 Progress = Callable[[int, EpochResult, int], None]  # (trial number, epoch result, max epochs)
 
@@ -76,6 +84,8 @@ class Objective:
                 trial.set_user_attr("precision", run.precision)
                 trial.set_user_attr("num_parameters", run.num_parameters)
                 trial.set_user_attr("kl_estimator", run.model.kl_estimator)
+                if run.model.conditional:  # its ELBO bounds log p(x|y), not log p(x)
+                    trial.set_user_attr("conditional_classes", run.model.classes)
             if multi:  # Optuna takes no intermediate values here: keep the curve ourselves
                 curve[r.epoch - 1 :] = [round(r.val.elbo, 4)]
                 trial.set_user_attr(CURVE_ATTR, curve)
@@ -107,26 +117,32 @@ class Objective:
             trial.set_user_attr("resumed_from_epoch", result.resumed_from_epoch)
         _record(trial, result)
         x_val = eval_targets(config, self.splits.val.to(result.device), 1)
+        y_val = model_labels(result.model, self.splits, "val", result.device)
         if config.iw_samples:
             k, x_nll = config.iw_samples, x_val[: config.iw_examples]  # val order is random
+            y_nll = None if y_val is None else y_val[: config.iw_examples]
             seed = derive(config.data_seed, "iw-nll")  # the same noise for every trial
-            nll = iw_nll(result.model, result.likelihood, x_nll, k, seed)
+            nll = iw_nll(result.model, result.likelihood, x_nll, k, seed, labels=y_nll)
             trial.set_user_attr("val_iw_nll", nll)
             trial.set_user_attr("iw_samples", k)
             trial.set_user_attr("iw_examples", len(x_nll))
         if self.spec.training.pictures:
-            self._pictures(trial, result, x_val, config.beta)
+            self._pictures(trial, result, x_val, y_val, config.beta)
         val = result.final.val
         return (val.kl, -val.recon) if multi else val.elbo
 
-    def _pictures(self, trial: optuna.Trial, result: TrainResult, x_val, beta: float) -> None:
+    def _pictures(
+        self, trial: optuna.Trial, result: TrainResult, x_val, y_val, beta: float
+    ) -> None:
         store = open_artifact_store(self.spec.storage, self.spec.artifact_dir)
         with tempfile.TemporaryDirectory() as tmp:
             caption = (
                 f"study {self.spec.study_name}, trial {trial.number}, beta "
                 f"{beta:.3g}, validation ELBO {result.final.val.elbo:.2f} nats"
             )
-            pictures = save_pictures(result.model, result.likelihood, x_val, Path(tmp), 0, caption)
+            pictures = save_pictures(
+                result.model, result.likelihood, x_val, Path(tmp), 0, caption, labels=y_val
+            )
             for path in pictures:
                 upload_artifact(
                     artifact_store=store,

@@ -23,6 +23,7 @@ from tuner.diagnostics import image_grid
 FONT_SIZE = 12
 PAD = 4  # pixels around text
 MIN_WIDTH = 320  # pixels: small images are enlarged to about this, and a caption needs room
+MAX_CLASS_ROWS = 16  # a conditional model's samples: one row per class, at most this many
 
 
 @dataclass
@@ -137,22 +138,33 @@ def save_pictures(
     seed: int,
     caption: str,
     n: int = 8,
+    labels: torch.Tensor | None = None,
 ) -> list[Path]:
     """Write `reconstructions.png` (rows: originals, reconstructions) and `samples.png` (prior
-    samples), each captioned with `caption` (which trial or run, beta, ELBO)."""
+    samples), each captioned with `caption` (which trial or run, beta, ELBO). A conditional
+    model reconstructs with the images' `labels` and draws one row of samples per class."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     originals = x[:n]
-    recon = likelihood.mean(model.decode(model.code(originals)))
-    samples = likelihood.mean(model.decode(model.sample_prior(n * n, gen))).float()
+    y = None if labels is None else labels[:n]
+    recon = likelihood.mean(model.decode(model.code(originals, y), y))
+    rows, row_labels = n, []
+    y_samples = None
+    if model.conditional:  # row c: class c
+        rows = min(model.classes, MAX_CLASS_ROWS)
+        y_samples = torch.arange(rows, device=x.device).repeat_interleave(n)
+        row_labels = [f"y = {c}" for c in range(rows)]
+    z = model.sample_prior(rows * n, gen)
+    samples = likelihood.mean(model.decode(z, y_samples)).float()
     model.train(was_training)
     pairs = Block([originals.float(), recon.float()], row_labels=["original", "reconstruction"])
+    given = ", one row per class y" if model.conditional else ""
     drawn = {
         "reconstructions.png": figure(f"Reconstructions (posterior means): {caption}", [pairs]),
         "samples.png": figure(
-            f"Prior samples, z ~ p(z), seed {seed}: {caption}",
-            [Block(list(samples.view(n, n, *samples.shape[1:])))],
+            f"Prior samples, z ~ p(z){given}, seed {seed}: {caption}",
+            [Block(list(samples.view(rows, n, *samples.shape[1:])), row_labels=row_labels)],
         ),
     }
     paths = []

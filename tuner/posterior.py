@@ -30,24 +30,35 @@ class MutualInformation:
     bound: float  # log(examples): the estimate cannot exceed it
 
 
-def _encode(model: VAE, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [model.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+def _encode(
+    model: VAE, x: torch.Tensor, batch_size: int, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [
+        model.encode(x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat([p[0] for p in parts]).double(), torch.cat([p[1] for p in parts]).double()
 
 
 @torch.no_grad()
 def mutual_information(
-    model: VAE, x: torch.Tensor, seed: int, samples: int = 4, batch_size: int = 1024
+    model: VAE,
+    x: torch.Tensor,
+    seed: int,
+    samples: int = 4,
+    batch_size: int = 1024,
+    labels: torch.Tensor | None = None,
 ) -> MutualInformation:
     """Estimate I(x; z) over the examples `x` (Hoffman & Johnson 2016).
 
     KL(q(z)||p(z)) is estimated by Monte Carlo from `samples` draws z ~ q(z|x) per example,
     log q(z) as the log-mean-exp of log q(z|x_j) over the posteriors of all the examples (the
     aggregate posterior of this batch), in float64. The estimate is at most log(len(x)).
+    A conditional model's q(z|x, y) reads the images' `labels`.
     """
     was_training = model.training
     model.eval()
-    mu, logvar = _encode(model, x, batch_size)
+    mu, logvar = _encode(model, x, batch_size, labels)
     var = logvar.exp()
     n, latent = mu.shape
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -80,11 +91,12 @@ class AmortizationGap:
     samples: int  # noise draws each ELBO is averaged over (the same for both)
 
 
-def _elbo(model, likelihood, x, mu, logvar, eps) -> torch.Tensor:
+def _elbo(model, likelihood, x, mu, logvar, eps, labels) -> torch.Tensor:
     """Per-example ELBO averaged over the noise `eps` (S x B x L), KL in closed form."""
     s = len(eps)
     z = (mu + (0.5 * logvar).exp() * eps).flatten(0, 1)
-    log_px = likelihood.log_prob(model.decode(z), x.repeat(s, *([1] * (x.dim() - 1))))
+    y = None if labels is None else labels.repeat(s)  # sample-major, as z
+    log_px = likelihood.log_prob(model.decode(z, y), x.repeat(s, *([1] * (x.dim() - 1))))
     return log_px.view(s, len(x)).mean(0) - gaussian_kl(mu, logvar)
 
 
@@ -97,6 +109,7 @@ def amortization_gap(
     lr: float = 1e-2,
     samples: int = 500,
     train_samples: int = 4,
+    labels: torch.Tensor | None = None,
 ) -> AmortizationGap:
     """The encoder's ELBO against that of a q optimized per example: Adam on each example's
     mu and logvar, started at the encoder's output, the decoder frozen. Both ELBOs are averaged
@@ -109,14 +122,14 @@ def amortization_gap(
         p.requires_grad_(False)
     try:
         with torch.no_grad():
-            mu0, logvar0 = model.encode(x)
+            mu0, logvar0 = model.encode(x, labels)
         mu, logvar = mu0.clone().requires_grad_(), logvar0.clone().requires_grad_()
         optimizer = torch.optim.Adam([mu, logvar], lr=lr)
         gen = torch.Generator(device=x.device).manual_seed(derive(seed, "gap-steps"))
         shape = (train_samples, *mu.shape)
         for _ in range(steps):  # every example's mu, logvar only see their own example's loss
             eps = torch.randn(shape, generator=gen, device=x.device, dtype=mu.dtype)
-            loss = -_elbo(model, likelihood, x, mu, logvar, eps).sum()
+            loss = -_elbo(model, likelihood, x, mu, logvar, eps, labels).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -128,7 +141,7 @@ def amortization_gap(
                 for done in range(0, samples, 100):  # the same draws for both
                     s = min(100, samples - done)
                     eps = torch.randn((s, *m.shape), generator=noise, device=x.device)
-                    elbo += _elbo(model, likelihood, x, m, lv, eps).double() * s
+                    elbo += _elbo(model, likelihood, x, m, lv, eps, labels).double() * s
                 per_example.append(elbo / samples)
     finally:
         for p in frozen:

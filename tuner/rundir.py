@@ -25,7 +25,7 @@ from tuner.picture_grids import save_pictures
 from tuner.saved_model import SavedModel, load_model, model_bytes
 from tuner.seeds import derive
 from tuner.spec import RunConfig
-from tuner.train import Evaluation, TrainResult, eval_targets
+from tuner.train import Evaluation, TrainResult, eval_targets, model_labels
 
 CONFIG = "config.yaml"
 MODEL = "model.pt"
@@ -86,7 +86,10 @@ def write_run(
             f"run {output.name}, beta {config.beta:.3g}, test ELBO {test.elbo:.2f} nats "
             "(test images)"
         )
-        pictures = save_pictures(run.model, run.likelihood, x_test, tmp, seed, caption)
+        y_test = model_labels(run.model, splits, "test", run.device)
+        pictures = save_pictures(
+            run.model, run.likelihood, x_test, tmp, seed, caption, labels=y_test
+        )
         return [CONFIG, MODEL, METRICS, *(p.name for p in pictures)]
 
 

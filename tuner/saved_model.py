@@ -54,6 +54,7 @@ def model_bytes(
         "model": cpu(model.state_dict()),
         "likelihood": cpu(likelihood.state_dict()),
         "image_shape": [int(n) for n in image_shape],
+        "classes": model.classes,  # a conditional model's label inputs (0: unconditional)
         "config": config.model_dump(mode="json"),
         "versions": {"vae_tune": __version__, "torch": str(torch.__version__)},
     }
@@ -109,6 +110,9 @@ def load_model(path: Path, device: str | None = None) -> SavedModel:
     path = Path(path)
     state = _read(path)
     image_shape = _image_shape(path, state["image_shape"])
+    classes = state.get("classes", 0)  # files without it hold unconditional models
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+        raise UserError(f"{path}: damaged model file, bad classes {classes!r}", "model")
     if not isinstance(state["config"], dict):
         raise UserError(f"{path}: damaged model file, config is not a mapping", "model")
     config: RunConfig = validate(RunConfig, state["config"], f"config in {path}")
@@ -117,7 +121,7 @@ def load_model(path: Path, device: str | None = None) -> SavedModel:
     where = resolve_device(config.device)
     lik = config.likelihood
     try:
-        model = build_model(config.model, image_shape)
+        model = build_model(config.model, image_shape, classes)
         likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
         model.load_state_dict(state["model"])
         likelihood.load_state_dict(state["likelihood"])

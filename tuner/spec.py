@@ -303,6 +303,18 @@ class DatasetSpec(_Strict):
     subset: int | None = Field(None, ge=10, description="use at most this many training images")
     download: bool = Field(True, description="fetch missing files into the cache")
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the images come with class labels: every named dataset does; an array
+        when `labels_key` names them."""
+        return self.name != "array" or self.labels_key is not None
+
+    def why_no_labels(self) -> str:
+        return (
+            f"dataset {self.name!r} has no class labels to condition on (for an array dataset "
+            "give dataset.labels_key)"
+        )
+
     @model_validator(mode="after")
     def _array_needs_path(self) -> DatasetSpec:
         if self.name == "array" and not self.path:
@@ -417,6 +429,12 @@ class StudySpec(_Strict):
         return data
 
     @model_validator(mode="after")
+    def _conditional_has_labels(self) -> StudySpec:
+        if True in self.search_space.conditional.values() and not self.dataset.has_labels:
+            raise _fail("search_space.conditional", self.dataset.why_no_labels())
+        return self
+
+    @model_validator(mode="after")
     def _two_objectives_fit(self) -> StudySpec:
         if self.objective == "rate_distortion":
             if self.pruner.name != "none":
@@ -467,6 +485,12 @@ class RunConfig(TrainingKnobs):
             path = ".".join(str(p) for p in first["loc"])
             raise _fail(path, f"{msg}, got {first.get('input')!r}") from None
         return model
+
+    @model_validator(mode="after")
+    def _conditional_has_labels(self) -> RunConfig:
+        if self.model.get("conditional") and not self.dataset.has_labels:
+            raise _fail("model.conditional", self.dataset.why_no_labels())
+        return self
 
 
 def format_errors(err: ValidationError) -> str:

@@ -154,11 +154,36 @@ def _set_rng_state(state: dict[str, torch.Tensor | None], device: torch.device) 
         torch.cuda.set_rng_state(state["cuda"].to("cpu", torch.uint8), device)
 
 
+def model_labels(
+    model: VAE, splits: Splits, split: str, device: torch.device
+) -> torch.Tensor | None:
+    """The labels of a split on `device` where the model is conditional (None otherwise)."""
+    labels = splits.labels(split) if model.conditional else None
+    return None if labels is None else labels.to(device)
+
+
+def build_for(config: RunConfig, splits: Splits) -> VAE:
+    """The run's model for these data (a conditional one gets the data's classes); a config
+    the data cannot serve is a SpecError naming the field."""
+    if config.model.get("conditional") and not splits.labelled:
+        raise SpecError(config.dataset.why_no_labels(), "model.conditional")
+    try:
+        return build_model(config.model, splits.image_shape, splits.classes)
+    except (TypeError, ValueError) as err:
+        raise SpecError(str(err), "model") from None
+
+
 @torch.no_grad()
 def evaluate(
-    model: VAE, likelihood: Likelihood, x: torch.Tensor, batch_size: int, seed: int
+    model: VAE,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    labels: torch.Tensor | None = None,
 ) -> Evaluation:
-    """Single-sample ELBO at beta = 1 with a fixed noise seed, so values compare across trials."""
+    """Single-sample ELBO at beta = 1 with a fixed noise seed, so values compare across trials.
+    A conditional model scores log p(x|y) with the images' `labels`."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -168,7 +193,8 @@ def evaluate(
     mus: list[list[torch.Tensor]] = []  # per layer: each batch's means
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        out = model(xb, gen)
+        yb = None if labels is None else labels[start : start + batch_size]
+        out = model(xb, gen, y=yb)
         recon += likelihood.log_prob(out.logits, xb).sum(dtype=torch.float64)
         kl += out.posterior.kl.sum(dtype=torch.float64)
         for i, layer in enumerate(out.posterior.layers):
@@ -204,7 +230,8 @@ def score_test_split(
     seed), so a saved model reloaded anywhere scores the same."""
     x_test = eval_targets(config, splits.test.to(device), 2)
     noise = derive(config.data_seed, "test-noise")
-    return evaluate(model, likelihood, x_test, config.eval_batch_size, noise)
+    y_test = model_labels(model, splits, "test", device)
+    return evaluate(model, likelihood, x_test, config.eval_batch_size, noise, y_test)
 
 
 def _scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -248,10 +275,7 @@ def train(
         splits = load_splits(config.dataset, config.data_seed)
     # seeds every global RNG torch has (CPU and all CUDA devices): weight init, then dropout
     torch.manual_seed(derive(config.seed, "init-dropout"))
-    try:
-        model = build_model(config.model, splits.image_shape).to(device)
-    except (TypeError, ValueError) as err:
-        raise SpecError(str(err), "model") from None
+    model = build_for(config, splits).to(device)
     lik = config.likelihood
     likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
     likelihood = likelihood.to(device)
@@ -268,6 +292,9 @@ def train(
         x_train = binarized(x_train, derive(config.data_seed, "train-binarization"))
     dynamic = lik.binarize == "dynamic"
     x_val = eval_targets(config, splits.val.to(device), 1)
+    # a conditional model's labels, sliced beside their images (None: unconditional)
+    y_train = model_labels(model, splits, "train", device)
+    y_val = model_labels(model, splits, "val", device)
     precision = resolve_precision(config.precision, device)
     result = TrainResult(model, likelihood, device, sum(p.numel() for p in params), precision)
     # bf16 for the networks' forward and backward only; the loss terms are computed in fp32
@@ -297,7 +324,9 @@ def train(
         # so whatever `on_epoch` draws from the global RNG cannot make the two runs differ
         _set_rng_state(rng, device)
         started = time.perf_counter()
-        shuffled = x_train[torch.randperm(n, device=device, generator=gen)]
+        order = torch.randperm(n, device=device, generator=gen)
+        shuffled = x_train[order]
+        shuffled_y = None if y_train is None else y_train[order]
         if dynamic:  # fresh binary images every epoch
             shuffled = torch.bernoulli(shuffled, generator=gen)
         loss_sum = torch.zeros((), device=device)
@@ -305,10 +334,11 @@ def train(
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
             xb = shuffled[start : start + bs]
+            yb = None if shuffled_y is None else shuffled_y[start : start + bs]
             step += 1
             weight = kl_weight(config, step, steps_per_epoch, config.epochs)
             with autocast:
-                out = model(xb, gen, k)  # k posterior samples per image (the IWAE bound's)
+                out = model(xb, gen, k, yb)  # k posterior samples per image (the IWAE bound's)
             log_px = likelihood.log_prob(out.logits.float(), tile(xb, k)).view(k, len(xb))
             loss = -training_bound(log_px, out.posterior, weight, free_bits)
             optimizer.zero_grad(set_to_none=True)
@@ -324,7 +354,7 @@ def train(
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(model, likelihood, x_val, config.eval_batch_size, val_seed)
+        val = evaluate(model, likelihood, x_val, config.eval_batch_size, val_seed, y_val)
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started

@@ -73,6 +73,19 @@ class Splits:
     def labelled(self) -> bool:
         return self.train_labels is not None
 
+    @property
+    def classes(self) -> int:
+        """How many classes the labels name (the largest label + 1, over all splits); 0
+        without labels. A conditional model's one-hot inputs are this wide."""
+        if self.train_labels is None or self.val_labels is None or self.test_labels is None:
+            return 0
+        labels = (self.train_labels, self.val_labels, self.test_labels)
+        return 1 + max(int(t.max()) for t in labels if len(t))
+
+    def labels(self, split: str) -> torch.Tensor | None:
+        """The labels of `split` (train, val or test), None without labels."""
+        return getattr(self, f"{split}_labels")
+
 
 def load_splits(spec: DatasetChoice, seed: int) -> Splits:
     """Load a dataset by name and split it deterministically from `seed`."""
