@@ -13,6 +13,10 @@ what the pixels show.
 With --workers N (default: the cores) it also prints the trials per hour of N concurrent
 single-threaded trainings (what `vae-tune run --workers auto` does on a CPU) against one
 training that uses all N threads.
+
+With --compile it also trains with `training.compile: true` (torch.compile of the networks)
+in each precision and prints its steady examples/s (the last epoch's) beside eager's, and the
+seconds compiling cost the run (its first epoch's time less a steady epoch's).
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ def hand_written(
 
 
 def project(splits: Splits, epochs: int, batch_size: int, device: str, precision: str) -> float:
+    return project_run(splits, epochs, batch_size, device, precision).final.examples_per_s
+
+
+def project_run(
+    splits: Splits, epochs: int, batch_size: int, device: str, precision: str, compile=False
+):
     config = RunConfig(
         model=MODEL,
         epochs=epochs,
@@ -75,8 +85,16 @@ def project(splits: Splits, epochs: int, batch_size: int, device: str, precision
         lr=1e-3,
         precision=precision,
         iw_samples=0,
+        compile=compile,
     )
-    return train(config, splits).final.examples_per_s
+    return train(config, splits)
+
+
+def steady(run, n: int) -> tuple[float, float]:
+    """(examples/s of the last epoch, seconds the first epoch took beyond a steady one)."""
+    times = [h.train_seconds for h in run.history]
+    last = times[-1] - times[-2]
+    return n / last, times[0] - last
 
 
 def _timed_training(args: tuple) -> tuple[float, float]:
@@ -136,6 +154,7 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=20)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=available_cores(), help="0: skip that row")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
     args = ap.parse_args()
     MODEL.update(hidden_dim=args.hidden, depth=args.depth, latent_dim=args.latent)
 
@@ -174,6 +193,25 @@ def main() -> None:
         f"bf16 / fp32 (trainer): {med[('ours', 'bf16')] / med[('ours', 'fp32')]:.2f}x; "
         "trainer / hand-loop target >= 0.95"
     )
+    if args.compile:
+        epochs = max(args.epochs, 2)
+        timed: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+        for _ in range(args.repeats):  # interleaved
+            for precision in ("fp32", "bf16"):
+                for compiled in (False, True):
+                    run = project_run(
+                        splits, epochs, args.batch_size, str(device), precision, compiled
+                    )
+                    timed.setdefault((precision, compiled), []).append(steady(run, len(x)))
+        print(f"torch.compile (training.compile), steady = the last of {epochs} epochs:")
+        for precision in ("fp32", "bf16"):
+            eager = statistics.median(r for r, _ in timed[(precision, False)])
+            compiled = statistics.median(r for r, _ in timed[(precision, True)])
+            cost = statistics.median(c for _, c in timed[(precision, True)])
+            print(
+                f"{precision:10} eager {eager:10,.0f} ex/s, compiled {compiled:10,.0f} ex/s: "
+                f"{compiled / eager:.2f}x steady; compiling cost {cost:.1f} s per run"
+            )
     if args.workers > 1 and device.type == "cpu":
         n = args.workers
         rows: dict[str, list[float]] = {"one": [], "many": []}

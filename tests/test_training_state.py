@@ -266,3 +266,14 @@ def test_objective_passes_should_stop_to_training():
         study.optimize(Objective(spec, splits, should_stop=lambda: True), n_trials=1)
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert "epochs_run" not in study.trials[0].user_attrs
+
+
+def test_compile_trains_the_same_model_and_hands_back_an_eager_one():
+    """`compile: true` changes the speed, not the maths: the same run to float rounding; the
+    model handed back runs eager (pictures and the IW-NLL do not compile per batch shape)."""
+    config = _config("mlp", dropout=0.0, precision="fp32", epochs=2)
+    eager = train(config)
+    compiled = train(config.model_copy(update={"compile": True}))
+    assert compiled.final.val.elbo == pytest.approx(eager.final.val.elbo, abs=1e-3)
+    assert "encode_images" not in compiled.model.__dict__
+    assert "decode_latents" not in compiled.model.__dict__

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial
 CHECKPOINT_ATTR = "checkpoint"  # user attr: {"artifact_id": str, "epoch": int}
 RESUMED_ATTR = "resumed_from_epoch"
 # settings that may differ between the original and the retry without changing the maths
-_MAY_DIFFER = ("device", "threads", "eval_batch_size", "epochs", "source")
+_MAY_DIFFER = ("device", "threads", "compile", "eval_batch_size", "epochs", "source")
 
 
 def frozen(trial: optuna.Trial) -> FrozenTrial:

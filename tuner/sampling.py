@@ -61,10 +61,10 @@ def _test_images(run: Run, count: int, seed: int, pairs: bool = False) -> Labell
     pick = order[torch.arange(count) % len(order)]
     labels = splits.test_labels if model.conditional else None
     if labels is not None and pairs:
-        half = count // 2
+        half, names = count // 2, labels.tolist()
         firsts = pick[:half]
         seconds = [
-            next((j for j in order.tolist() if labels[j] == labels[i] and j != i), i)
+            next((j for j in order.tolist() if names[j] == names[i] and j != i), i)
             for i in firsts.tolist()
         ]
         pick = torch.cat([firsts, torch.tensor(seconds, dtype=torch.long)])

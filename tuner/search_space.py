@@ -106,5 +106,6 @@ def run_config(spec: StudySpec, values: dict[str, Any], trial_number: int = 0) -
         device=spec.training.device,
         precision=spec.training.precision,
         threads=spec.training.threads,
+        compile=spec.training.compile,
         eval_batch_size=spec.training.eval_batch_size,
     )

@@ -369,6 +369,12 @@ class TrainingSpec(_Strict):
         "auto", description="training-step arithmetic; auto = bf16 where the hardware is fast"
     )
     threads: int = Field(0, ge=0, description="torch threads; 0 = one per available core")
+    compile: bool = Field(
+        False,
+        description="torch.compile the networks of the training step; it costs seconds of "
+        "compilation per trial and pays only where steps are long (bench/throughput.py "
+        "--compile measures it)",
+    )
     eval_batch_size: int = Field(1024, ge=1)
     iw_samples: int = Field(100, ge=0, description="k of the validation IW-NLL; 0 = skip")
     iw_examples: int = Field(1000, ge=1, description="validation images the IW-NLL scores")
@@ -466,6 +472,7 @@ class RunConfig(TrainingKnobs):
     device: str = "auto"
     precision: Precision = "auto"  # the training step only: evaluation is always fp32
     threads: int = Field(0, ge=0)
+    compile: bool = False  # torch.compile the networks (the same maths, another speed)
     eval_batch_size: int = Field(1024, ge=1)
     source: dict[str, Any] | None = Field(None, description="study, trial and value it came from")
 

@@ -162,6 +162,25 @@ def model_labels(
     return None if labels is None else labels.to(device)
 
 
+def compile_networks(model: VAE) -> None:
+    """torch.compile the architecture's networks (`encode_images`, `decode_latents`), where a
+    training step's arithmetic is; the label offsets, flows, densities and bounds stay eager
+    (they draw from the run's generator, which compiled graphs do not take). The module and
+    its state dict are unchanged, so checkpoints and model files are the same. The compile
+    caches are cleared first: a worker trains trial after trial, each of other shapes, and
+    torch.compile stops compiling (runs eager) once a function has been recompiled too often."""
+    torch.compiler.reset()
+    model.encode_images = torch.compile(model.encode_images)  # type: ignore[method-assign]
+    model.decode_latents = torch.compile(model.decode_latents)  # type: ignore[method-assign]
+
+
+def uncompile_networks(model: VAE) -> None:
+    """Back to the eager methods: what uses the model after training (IW-NLL, pictures, other
+    batch shapes) would otherwise compile again for every new shape."""
+    for name in ("encode_images", "decode_latents"):
+        model.__dict__.pop(name, None)
+
+
 def build_for(config: RunConfig, splits: Splits) -> VAE:
     """The run's model for these data (a conditional one gets the data's classes); a config
     the data cannot serve is a SpecError naming the field."""
@@ -276,6 +295,8 @@ def train(
     # seeds every global RNG torch has (CPU and all CUDA devices): weight init, then dropout
     torch.manual_seed(derive(config.seed, "init-dropout"))
     model = build_for(config, splits).to(device)
+    if config.compile:
+        compile_networks(model)
     lik = config.likelihood
     likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
     likelihood = likelihood.to(device)
@@ -378,6 +399,7 @@ def train(
             )
         if on_epoch is not None:
             on_epoch(result)
+    uncompile_networks(model)
     return result
 
 
