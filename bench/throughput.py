@@ -70,13 +70,24 @@ def hand_written(
     return n * epochs / (time.perf_counter() - started)
 
 
-def project(splits: Splits, epochs: int, batch_size: int, device: str, precision: str) -> float:
-    return project_run(splits, epochs, batch_size, device, precision).final.examples_per_s
+def project(
+    splits: Splits, epochs: int, batch_size: int, device: str, precision: str, threads: int = 0
+) -> float:
+    run = project_run(splits, epochs, batch_size, device, precision, threads=threads)
+    return run.final.examples_per_s
 
 
 def project_run(
-    splits: Splits, epochs: int, batch_size: int, device: str, precision: str, compile=False
+    splits: Splits,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    compile: bool = False,
+    threads: int = 0,
 ):
+    """The project's trainer; `threads` as `training.threads` (0: one per core). The trainer
+    sets them itself, so a worker's thread count must go through the config."""
     config = RunConfig(
         model=MODEL,
         epochs=epochs,
@@ -86,6 +97,7 @@ def project_run(
         precision=precision,
         iw_samples=0,
         compile=compile,
+        threads=threads,
     )
     return train(config, splits)
 
@@ -100,11 +112,10 @@ def steady(run, n: int) -> tuple[float, float]:
 def _timed_training(args: tuple) -> tuple[float, float]:
     """One training in a worker process with `threads` torch threads: (start, end) times."""
     x, epochs, batch_size, precision, threads = args
-    set_threads(threads)
     splits = Splits(train=x, val=x[:1000], test=x[:1000])
-    project(splits, 1, batch_size, "cpu", precision)  # warm up (first-call costs)
+    project(splits, 1, batch_size, "cpu", precision, threads)  # warm up (first-call costs)
     started = time.time()
-    project(splits, epochs, batch_size, "cpu", precision)
+    project(splits, epochs, batch_size, "cpu", precision, threads)
     return started, time.time()
 
 
