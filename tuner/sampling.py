@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tuner.datasets import load_splits
+from tuner.datasets import Splits, load_splits
 from tuner.errors import UserError
 from tuner.files import check_new_dir, write_atomic
 from tuner.picture_grids import Block, figure, png_bytes
@@ -50,12 +50,11 @@ class Request:
 Labelled = tuple[torch.Tensor, torch.Tensor | None]  # images, and a conditional model's labels
 
 
-def _test_images(run: Run, count: int, seed: int, pairs: bool = False) -> Labelled:
+def _test_images(run: Run, splits: Splits, count: int, seed: int, pairs: bool = False) -> Labelled:
     """`count` test images (as the model is scored on them), chosen by the seed (repeated when
     the test split has fewer), with their labels where the model is conditional. `pairs`: the
     second half has the classes of the first (interpolation end points of one class)."""
     config, device, model = run.config, run.saved.device, run.saved.model
-    splits = load_splits(config.dataset, config.data_seed)
     gen = torch.Generator().manual_seed(derive(seed, "sample-images"))
     order = torch.randperm(len(splits.test), generator=gen)
     pick = order[torch.arange(count) % len(order)]
@@ -98,6 +97,7 @@ class _Drawer:
         self.model, self.likelihood = run.saved.model, run.saved.likelihood
         self.device = run.saved.device
         self.tail = f"run {run.path} | seed {request.seed}"
+        self.splits = load_splits(run.config.dataset, run.config.data_seed)  # once per command
 
     def show(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Images to show for latent codes (and a conditional model's labels, one per code, or
@@ -142,7 +142,7 @@ class _Drawer:
         return "samples.png", png_bytes(*figure(caption, [Block(rows, row_labels=labels)]))
 
     def reconstructions(self) -> tuple[str, bytes]:
-        x, y = _test_images(self.run, RECONSTRUCTED, self.request.seed)
+        x, y = _test_images(self.run, self.splits, RECONSTRUCTED, self.request.seed)
         recon = self.show(self.encode(x, y), y)
         pairs = torch.stack([x.float().cpu(), recon], 1).flatten(0, 1)  # x1, r1, x2, r2, ...
         rows = list(pairs.split(8))
@@ -153,7 +153,7 @@ class _Drawer:
         return "reconstructions.png", png_bytes(*figure(caption, [Block(rows)]))
 
     def interpolations(self) -> tuple[str, bytes]:
-        x, y = _test_images(self.run, 2 * PAIRS, self.request.seed, pairs=True)
+        x, y = _test_images(self.run, self.splits, 2 * PAIRS, self.request.seed, pairs=True)
         z = self.encode(x, y)
         a, b = z[:PAIRS], z[PAIRS:]
         t = torch.linspace(0, 1, STEPS, device=z.device)
@@ -178,14 +178,13 @@ class _Drawer:
 
     def traversals(self) -> tuple[str, bytes]:
         r, run = self.request, self.run
-        splits = load_splits(run.config.dataset, run.config.data_seed)
-        scored = score_test_split(run.config, self.model, self.likelihood, splits, self.device)
+        scored = score_test_split(run.config, self.model, self.likelihood, self.splits, self.device)
         kl = torch.tensor(scored.kl_per_dim)
         order = torch.argsort(kl, descending=True, stable=True).tolist()
         latent = self.model.latent_dim
         y = self.label() if self.model.conditional else None
         if r.traverse_around == "image":
-            x, y_image = _test_images(run, 1, r.seed)
+            x, y_image = _test_images(run, self.splits, 1, r.seed)
             y = y_image if y is None else y
             base = self.encode(x, y_image)[0].cpu()
             where = "the posterior mean of a test image"
