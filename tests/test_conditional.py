@@ -204,7 +204,7 @@ def test_a_study_searches_conditioning_and_export_best_retrains_it(
 ):
     spec = write_spec(
         {
-            "sampler": {"name": "random"},
+            "sampler": {"name": "random", "baseline": False},  # all four drawn
             "budget": {"n_trials": 4},
             "training": {"iw_samples": 5, "iw_examples": 50},
             "search_space": {"conditional": {"choices": [False, True]}},

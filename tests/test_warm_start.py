@@ -31,7 +31,9 @@ def test_known_configs_run_first_and_once(cli, write_spec, db_url, tmp_path: Pat
     ranked = optuna.load_study(study_name="tiny", storage=db_url).trials
     top2 = sorted(ranked, key=lambda t: t.value, reverse=True)[:2]
 
-    second = write_spec({"study_name": "warm", "budget": {"n_trials": 4}}, "warm.yaml")
+    # no baseline here: its point (the defaults) is the source study's first trial too
+    warm_spec = {"study_name": "warm", "budget": {"n_trials": 4}, "sampler": {"baseline": False}}
+    second = write_spec(warm_spec, "warm.yaml")
     args = ["run", second, "--warm-start", "tiny:2", "--enqueue", tmp_path / "outside.yaml"]
     result = cli(*args, "--enqueue", best)
     assert result.exit_code == 0, result.output

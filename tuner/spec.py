@@ -138,6 +138,22 @@ class Param(_Strict):
             return f"is not on the step {self.step} from {self.low}"
         return None
 
+    def nearest(self, v: Any) -> Any:
+        """The value of this parameter nearest to `v` (None: a categorical without `v`), for
+        moving a default into the space: ranges clip and round onto their step."""
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return v if v in self.choices else None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return None
+        v = min(max(v, self.low), self.high)
+        step = self.step or (1 if self.kind == "int" else None)
+        if step:
+            v = self.low + round((v - self.low) / step) * step
+            v = v if v <= self.high else v - step
+        return int(round(v)) if self.kind == "int" else float(v)
+
     def grid_values(self) -> list[Any] | None:
         if self.value is not None:
             return [self.value]
@@ -395,6 +411,13 @@ class _Named(_Strict):
 
 class SamplerSpec(_Named):
     name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    baseline: bool = Field(
+        True,
+        description="a new study's first trial is the knobs' defaults (the pytorch/examples "
+        "VAE, beta = 1, Adam at 1e-3) moved into the search space: the number tuning has to "
+        "beat, and a first point at beta = 1 for the sampler (not with grid: the grid is the "
+        "design)",
+    )
 
 
 class PrunerSpec(_Named):

@@ -177,6 +177,15 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return max(front, key=validation_elbo)
 
 
+BASELINE = "baseline"  # the `queued` user attr of a study's baseline trial (tuner.warm_start)
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's baseline trial (the knobs' defaults) if it completed."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("queued") == BASELINE), None)
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     return {s.name: states.get(s.name, 0) for s in TrialState}

@@ -1,4 +1,5 @@
-"""Warm starts: queue known configs (exported files, another study's best trials) first.
+"""Warm starts: queue known configs (exported files, another study's best trials) first, and
+a new study's baseline: the knobs' defaults, moved into its search space.
 
 A config becomes the Optuna params of this spec's search space; one that lies outside it is
 skipped with the parameter and the reason. Points are queued with `skip_if_exists`, under the
@@ -18,9 +19,9 @@ from models import parse_config
 from tuner.errors import UserError
 from tuner.figures import validation_elbo
 from tuner.search_space import TOP_LEVEL, knob_name
-from tuner.spec import MODEL_KNOBS, RunConfig, SearchSpace, read_yaml, validate
+from tuner.spec import MODEL_KNOBS, Param, RunConfig, SearchSpace, read_yaml, validate
 from tuner.storage import open_storage
-from tuner.study import load_vae_study
+from tuner.study import BASELINE, load_vae_study
 
 KEY = "config"  # trial user attr: the trial's full run config (tuner.objective)
 
@@ -92,8 +93,8 @@ class OutsideSpace(ValueError):
     """A known config has a value this spec's search space does not allow."""
 
 
-def point(config: RunConfig, space: SearchSpace) -> dict[str, Any]:
-    """The config as the Optuna params of `space` (searched parameters only)."""
+def _searched(config: RunConfig, space: SearchSpace) -> dict[str, tuple[Param, Any]]:
+    """Each Optuna parameter of `space`, with the config's value for it."""
     arch, model = parse_config(config.model)  # knobs a config predates take their defaults
     values = {"architecture": arch, **{k: getattr(model, k) for k in MODEL_KNOBS}}
     values.update({k: getattr(config, k) for k in TOP_LEVEL if k not in values})
@@ -101,17 +102,36 @@ def point(config: RunConfig, space: SearchSpace) -> dict[str, Any]:
     if space.architecture.why_not(arch) is None:
         params.update({knob_name(arch, k): p for k, p in space.knobs(arch).items()})
         values.update({knob_name(arch, k): getattr(model, k) for k in space.knobs(arch)})
+    return {name: (param, values[name]) for name, param in params.items()}
+
+
+def _as_param(param: Param, value: Any) -> Any:
+    return float(value) if param.kind == "float" else int(value) if param.kind == "int" else value
+
+
+def point(config: RunConfig, space: SearchSpace) -> dict[str, Any]:
+    """The config as the Optuna params of `space` (searched parameters only)."""
     found: dict[str, Any] = {}
-    for name, param in params.items():
-        why = param.why_not(values[name])
+    for name, (param, value) in _searched(config, space).items():
+        why = param.why_not(value)
         if why is not None:
-            raise OutsideSpace(f"{name} = {values[name]!r} {why}")
-        if param.kind == "float":
-            found[name] = float(values[name])
-        elif param.kind == "int":
-            found[name] = int(values[name])
-        elif param.kind == "categorical":
-            found[name] = values[name]
+            raise OutsideSpace(f"{name} = {value!r} {why}")
+        if param.kind != "fixed":
+            found[name] = _as_param(param, value)
+    return found
+
+
+def baseline_point(space: SearchSpace) -> dict[str, Any]:
+    """The knobs' defaults (the pytorch/examples VAE at beta = 1), each moved to the nearest
+    value `space` allows; a categorical without its default is left to the sampler."""
+    archs = space.architecture.values()
+    default = RunConfig.model_fields["model"].default_factory()["architecture"]
+    config = RunConfig(model={"architecture": default if default in archs else archs[0]})
+    found: dict[str, Any] = {}
+    for name, (param, value) in _searched(config, space).items():
+        near = param.nearest(value)
+        if param.kind != "fixed" and near is not None:
+            found[name] = _as_param(param, near)
     return found
 
 
@@ -132,3 +152,12 @@ def enqueue_known(study: optuna.Study, space: SearchSpace, known: list[Known]) -
         else:
             lines.append(f"warm start: queued {item.label}")
     return lines
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace) -> str:
+    """Queue a new study's baseline trial (call under the study lock); return the line saying
+    so."""
+    params = baseline_point(space)
+    study.enqueue_trial(params, user_attrs={"queued": BASELINE}, skip_if_exists=True)
+    shown = ", ".join(f"{k} {v}" for k, v in params.items())
+    return f"baseline: queued the knobs' defaults before any sampled trial ({shown})"

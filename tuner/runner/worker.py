@@ -41,7 +41,7 @@ from tuner.study import (
     prepare,
     study_heartbeat,
 )
-from tuner.warm_start import Known, enqueue_known
+from tuner.warm_start import Known, enqueue_baseline, enqueue_known
 
 WORKER_ATTR = "worker"  # trial user attr: host:pid of the process that runs it
 FAIL_REASON_ATTR = "fail_reason"
@@ -233,15 +233,19 @@ def start_study(
     known: Sequence[Known] = (),
     echo: Echo | None = None,
 ) -> tuple[optuna.Study, dict[str, Any]]:
-    """Create or resume the study, queue the `known` configs first, and add this run's trials
-    to its budget (all under the lock)."""
+    """Create or resume the study, queue the `known` configs and (a new study's) baseline
+    first, and add this run's trials to its budget (all under the lock)."""
     spec = prepared.spec
     with StudyLock(spec.storage, spec.study_name):  # also serializes creating the tables
         storage = open_storage(spec.storage, Heartbeat())
         try:
             study = open_study(prepared, storage, heartbeat)
             recover(study)
-            for line in enqueue_known(study, spec.search_space, list(known)):
+            new = not study.get_trials(deepcopy=False)
+            lines = enqueue_known(study, spec.search_space, list(known))
+            if new and spec.sampler.baseline and prepared.grid is None:
+                lines.append(enqueue_baseline(study, spec.search_space))
+            for line in lines:
                 (echo or print)(f"  {line}")
             budget = set_budget(study, storage, prepared.grid, n_trials, timeout)
         finally:
