@@ -3,7 +3,8 @@
 The plain side is written as optuna-examples' `pytorch_simple.py` would have it: a DataLoader,
 an MLP VAE, TPE and the median pruner, `trial.report` / `trial.should_prune` every epoch,
 all cores to one process. The vae-tune side is `vae-tune run studies/vs-plain-optuna.yaml`
-with its defaults (workers, precision, sampler settings), on the same data split, space and
+with its defaults (workers, precision, sampler settings, the baseline trial, the weights'
+moving average), on the same data split, space and
 trial budget. Per side and seed it prints wall time, epochs trained, the best validation ELBO
 (beta = 1, nats/example), and vae-tune's *time to target*: when its study first completed a
 trial at least as good as the plain script's final best. Then the medians and the ratios.
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tuner.datasets import load_splits
 from tuner.spec import load_spec
+from tuner.study import baseline_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "studies" / "vs-plain-optuna.yaml"
@@ -121,12 +123,18 @@ def summary(study: optuna.Study, target: float | None) -> dict:
     if target is not None:
         hit = next((t for t in done if t.value >= target), None)
         reached = (hit.datetime_complete - start).total_seconds() if hit else None
+    base = baseline_trial(study)  # vae-tune's first trial, the knobs' defaults
     return {
         "wall": (end - start).total_seconds(),
         "epochs": sum(len(t.intermediate_values) for t in trials),
         "best": study.best_value,
         "to_target": reached,
+        "baseline": None if base is None else (base.value, _seconds(base, start)),
     }
+
+
+def _seconds(trial: optuna.trial.FrozenTrial, start) -> float:
+    return (trial.datetime_complete - start).total_seconds()
 
 
 def run_vae_tune(spec, trials: int, epochs: int, pruner: str | None, target: float) -> dict:
@@ -189,11 +197,13 @@ def main() -> None:
                 spec.model_copy(deep=True), args.trials, args.epochs, pruner, plain["best"]
             )
             ours[pruner].append(mine)
-            to = mine["to_target"]
+            to, base = mine["to_target"], mine["baseline"]
             print(
                 f"seed {seed}: vae-tune ({pruner or 'spec pruner'}) {mine['wall']:7.0f} s "
                 f"{mine['epochs']:4d} epochs, best {mine['best']:8.2f}, reached plain's best "
-                "after " + (f"{to:.0f} s" if to is not None else "never"),
+                "after "
+                + (f"{to:.0f} s" if to is not None else "never")
+                + (f"; baseline trial {base[0]:.2f} after {base[1]:.0f} s" if base else ""),
                 flush=True,
             )
 

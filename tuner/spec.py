@@ -194,6 +194,14 @@ class TrainingKnobs(_Strict):
     optimizer: Literal["adam", "adamw"] = "adam"  # names of torch.optim classes, lower case
     lr_schedule: Literal["none", "cosine", "step", "iwae"] = "none"
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = no clipping")
+    ema_decay: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="the run evaluates and keeps the exponential moving average of its weights "
+        "with this decay (warmed up as min(decay, (1 + t) / (10 + t)) after t steps); 0 = the "
+        "last weights",
+    )
 
     @model_validator(mode="after")
     def _bound_fits(self) -> TrainingKnobs:
@@ -515,6 +523,15 @@ class RunConfig(TrainingKnobs):
             path = ".".join(str(p) for p in first["loc"])
             raise _fail(path, f"{msg}, got {first.get('input')!r}") from None
         return model
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exported_before_averaging(cls, data: Any) -> Any:
+        """A config export-best wrote (it has `source`) before `ema_decay` existed was trained
+        and scored on its last weights: keep them, so it retrains to its value."""
+        if isinstance(data, dict) and "source" in data and "ema_decay" not in data:
+            return {**data, "ema_decay": 0.0}
+        return data
 
     @model_validator(mode="after")
     def _conditional_has_labels(self) -> RunConfig:

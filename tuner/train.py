@@ -25,6 +25,7 @@ from tuner.hardware import available_cores, resolve_precision
 from tuner.kl_schedule import kl_weight
 from tuner.seeds import derive
 from tuner.spec import RunConfig
+from tuner.weight_average import WeightAverage
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01
 # ... and the unit must carry information: the covariance test alone counts units whose KL is
@@ -295,11 +296,13 @@ def train(
     # seeds every global RNG torch has (CPU and all CUDA devices): weight init, then dropout
     torch.manual_seed(derive(config.seed, "init-dropout"))
     model = build_for(config, splits).to(device)
-    if config.compile:
-        compile_networks(model)
     lik = config.likelihood
     likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
     likelihood = likelihood.to(device)
+    # the weights' moving average is what the run evaluates and returns (None: the last ones)
+    average = WeightAverage(model, likelihood, config.ema_decay) if config.ema_decay else None
+    if config.compile:
+        compile_networks(model)
     params = [*model.parameters(), *likelihood.parameters()]
     optimizer = make_optimizer(
         config.optimizer, params, lr=config.lr, weight_decay=config.weight_decay
@@ -317,7 +320,8 @@ def train(
     y_train = model_labels(model, splits, "train", device)
     y_val = model_labels(model, splits, "val", device)
     precision = resolve_precision(config.precision, device)
-    result = TrainResult(model, likelihood, device, sum(p.numel() for p in params), precision)
+    kept = (average.model, average.likelihood) if average is not None else (model, likelihood)
+    result = TrainResult(*kept, device, sum(p.numel() for p in params), precision)
     # bf16 for the networks' forward and backward only; the loss terms are computed in fp32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -333,6 +337,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if average is not None and state.get("average") is not None:  # older: none kept
+            average.load_state_dict(state["average"])
         gen.set_state(state["generator"].to("cpu", torch.uint8))
         if state.get("rng") is not None:  # older checkpoints lack it: resumed, not bit-exact
             rng = state["rng"]
@@ -367,6 +373,8 @@ def train(
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             loss_sum += loss.detach() * len(xb)
         rng = _rng_state(device)  # where training left the global RNGs: the next epoch's start
         if scheduler is not None:
@@ -375,7 +383,7 @@ def train(
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(model, likelihood, x_val, config.eval_batch_size, val_seed, y_val)
+        val = evaluate(*kept, x_val, config.eval_batch_size, val_seed, y_val)
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started
@@ -390,6 +398,7 @@ def train(
                     "likelihood": likelihood.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "average": average.state_dict() if average is not None else None,
                     "generator": gen.get_state(),
                     "rng": rng,
                     "step": step,
