@@ -31,7 +31,7 @@ def _config(**kw: Any) -> RunConfig:
 
 
 def test_decay_warms_up_to_its_value():
-    assert decay_at(0.999, 0) == pytest.approx(0.1)
+    assert decay_at(0.999, 0) == pytest.approx(0.1)  # the first steps: mostly the new weights
     assert decay_at(0.999, 90) == pytest.approx(0.91)
     assert decay_at(0.999, 10**6) == 0.999
     assert decay_at(0.5, 10) == 0.5

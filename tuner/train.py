@@ -374,8 +374,10 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             if average is not None:
-                average.update()
+                average.step()
             loss_sum += loss.detach() * len(xb)
+        if average is not None:
+            average.flush()  # the epoch's last steps: the model validated is this epoch's
         rng = _rng_state(device)  # where training left the global RNGs: the next epoch's start
         if scheduler is not None:
             scheduler.step()
