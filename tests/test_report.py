@@ -43,7 +43,7 @@ def test_report_renders_every_figure_offline_in_a_browser(report, tmp_path: Path
 def test_report_shows_outcomes_and_the_best_trials_pictures(report):
     html = report[0].read_text()
     assert "Outcomes" in html and "collapsed (no active units)" in html
-    baseline = r"Baseline \(the knobs' defaults\): trial 0, validation ELBO -[\d.]+; the best"
+    baseline = r"Baseline \(the knobs&#x27; defaults\): trial 0, validation ELBO -[\d.]+; tuning"
     assert re.search(baseline, html)
     pictures = re.findall(r"src='data:image/png;base64,", html)
     assert len(pictures) == 2  # reconstructions and samples of the best trial, inline

@@ -215,7 +215,7 @@ class _Progress:
 
 def _summary(study: optuna.Study, started: float, ran: int) -> None:
     from tuner.figures import validation_elbo
-    from tuner.study import baseline_trial, best_trial, counts
+    from tuner.study import baseline_summary, best_trial, counts
 
     c = counts(study)
     typer.echo(
@@ -245,14 +245,9 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
         f"Best: trial {best.number}, validation ELBO {validation_elbo(best):.3f} nats/example"
     )
     typer.echo(f"  {_params(best.params)}")
-    base = baseline_trial(study)
-    if base is not None and len(study.directions) == 1:
-        gain = validation_elbo(best) - validation_elbo(base)
-        typer.echo(
-            f"Baseline (the knobs' defaults): trial {base.number}, validation ELBO "
-            f"{validation_elbo(base):.3f}; "
-            + (f"tuning gained {gain:.3f} nats" if gain > 0 else "tuning has not beaten it yet")
-        )
+    baseline = baseline_summary(study)
+    if baseline is not None:
+        typer.echo(baseline)
     finished = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
     collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in finished)
     if best.user_attrs.get("posterior_collapse"):

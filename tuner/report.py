@@ -32,7 +32,7 @@ from tuner.figures import (
 )
 from tuner.files import check_writable, write_atomic
 from tuner.storage import open_storage
-from tuner.study import baseline_trial, best_trial, load_vae_study
+from tuner.study import baseline_summary, best_trial, load_vae_study
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
@@ -100,18 +100,6 @@ def _pictures(trial: FrozenTrial, storage: optuna.storages.BaseStorage, store) -
     return "<div class='pictures'>" + "".join(parts) + "</div>" if parts else ""
 
 
-def _baseline(study: optuna.Study, best: FrozenTrial) -> str:
-    """What tuning gained over the study's baseline trial (the knobs' defaults), if it ran."""
-    base = baseline_trial(study)
-    if base is None or len(study.directions) > 1:
-        return ""
-    gain = validation_elbo(best) - validation_elbo(base)
-    return (
-        f"<p>Baseline (the knobs' defaults): trial {base.number}, validation ELBO "
-        f"{validation_elbo(base):.3f}; the best trial is {gain:+.3f} nats from it.</p>"
-    )
-
-
 def _best(trial: FrozenTrial) -> str:
     a = trial.user_attrs
     rows: list[tuple[object, ...]] = [
@@ -170,7 +158,8 @@ def write_report(
         if not complete:
             raise UserError(f"study {study_name!r} has no complete trial to draw", "study_name")
         best = best_trial(study)
-        baseline = _baseline(study, best)
+        said = baseline_summary(study)
+        baseline = f"<p>{_e(said)}</p>" if said else ""
         store = open_artifact_store(storage_url, artifact_dir, create=False)
         pictures = _pictures(best, storage, store)
         figures: dict[str, Callable[[], go.Figure]] = {

@@ -186,6 +186,20 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     return next((t for t in done if t.user_attrs.get("queued") == BASELINE), None)
 
 
+def baseline_summary(study: optuna.Study) -> str | None:
+    """One line on the baseline trial and what tuning gained over it (None: no baseline ran,
+    or two objectives, which have no single best)."""
+    base = baseline_trial(study)
+    if base is None or len(study.directions) > 1:
+        return None
+    value = validation_elbo(base)
+    gain = validation_elbo(best_trial(study)) - value
+    said = f"tuning gained {gain:.3f} nats" if gain > 0 else "tuning has not beaten it yet"
+    return (
+        f"Baseline (the knobs' defaults): trial {base.number}, validation ELBO {value:.3f}; {said}"
+    )
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     return {s.name: states.get(s.name, 0) for s in TrialState}
