@@ -125,7 +125,7 @@ def baseline_point(space: SearchSpace) -> dict[str, Any]:
     """The knobs' defaults (the pytorch/examples VAE at beta = 1), each moved to the nearest
     value `space` allows; a categorical without its default is left to the sampler."""
     archs = space.architecture.values()
-    default = RunConfig.model_fields["model"].default_factory()["architecture"]
+    default = RunConfig().model["architecture"]
     config = RunConfig(model={"architecture": default if default in archs else archs[0]})
     found: dict[str, Any] = {}
     for name, (param, value) in _searched(config, space).items():
