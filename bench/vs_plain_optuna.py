@@ -11,6 +11,9 @@ trial at least as good as the plain script's final best. Then the medians and th
 
     python bench/vs_plain_optuna.py --data-dir ../shared/data/mnist              # full MNIST
     python bench/vs_plain_optuna.py --data-dir DIR --subset 20000 --seeds 0,1,2  # quicker
+
+`--pruner median,hyperband` and `--tpe ours,optuna` (vae-tune's TPE settings against
+TPESampler's own defaults) run vae-tune once per variant against the same plain run.
 """
 
 from __future__ import annotations
@@ -137,6 +140,23 @@ def _seconds(trial: optuna.trial.FrozenTrial, start) -> float:
     return (trial.datetime_complete - start).total_seconds()
 
 
+# vae-tune's TPE settings (`sampler.options`): its own defaults, or TPESampler's as the plain
+# script uses them (independent sampling, no constant liar, 10 start-up trials)
+TPE_OPTIONS: dict[str, dict] = {
+    "ours": {},
+    "optuna": {
+        "multivariate": False,
+        "group": False,
+        "constant_liar": False,
+        "n_startup_trials": 10,
+    },
+}
+
+
+def label(pruner: str, tpe: str) -> str:
+    return f"vae-tune ({pruner or 'spec pruner'}, TPE {tpe})"
+
+
 def run_vae_tune(spec, trials: int, epochs: int, pruner: str | None, target: float) -> dict:
     """`vae-tune run` on the spec in a scratch folder (its defaults, or `--pruner`)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,12 +189,22 @@ def main() -> None:
         help="vae-tune's pruner (default: the spec's); a comma list runs vae-tune once with\n"
         "each against the same plain run, e.g. --pruner median,hyperband",
     )
+    ap.add_argument(
+        "--tpe",
+        default="ours",
+        help="vae-tune's TPE settings: ours (its defaults: multivariate, group, constant liar,\n"
+        "start-up trials a quarter of the budget) or optuna (TPESampler's own defaults, as\n"
+        "the plain script has them); a comma list runs each, e.g. --tpe ours,optuna",
+    )
     args = ap.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())  # vae-tune runs in a scratch folder
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruners = args.pruner.split(",")  # "" = the spec's
+    variants = [(p, t) for p in args.pruner.split(",") for t in args.tpe.split(",")]
+    for _, tpe in variants:
+        if tpe not in TPE_OPTIONS:
+            ap.error(f"--tpe: {tpe!r} is not one of {', '.join(TPE_OPTIONS)}")
 
-    plains, ours = [], {p: [] for p in pruners}
+    plains, ours = [], {v: [] for v in variants}
     for seed in [int(s) for s in args.seeds.split(",")]:
         spec = load_spec(SPEC, {"dataset.data_dir": args.data_dir, "seed": seed})
         if args.subset:
@@ -192,14 +222,14 @@ def main() -> None:
             f"{plain['best']:8.2f}",
             flush=True,
         )
-        for pruner in pruners:
-            mine = run_vae_tune(
-                spec.model_copy(deep=True), args.trials, args.epochs, pruner, plain["best"]
-            )
-            ours[pruner].append(mine)
+        for pruner, tpe in variants:
+            variant = spec.model_copy(deep=True)
+            variant.sampler.options = dict(TPE_OPTIONS[tpe])
+            mine = run_vae_tune(variant, args.trials, args.epochs, pruner, plain["best"])
+            ours[(pruner, tpe)].append(mine)
             to, base = mine["to_target"], mine["baseline"]
             print(
-                f"seed {seed}: vae-tune ({pruner or 'spec pruner'}) {mine['wall']:7.0f} s "
+                f"seed {seed}: {label(pruner, tpe)} {mine['wall']:7.0f} s "
                 f"{mine['epochs']:4d} epochs, best {mine['best']:8.2f}, reached plain's best "
                 "after "
                 + (f"{to:.0f} s" if to is not None else "never")
@@ -216,17 +246,17 @@ def main() -> None:
         f"{len(train_x)} training images)"
     )
     print(
-        f"plain Optuna script       : wall {med(plains, 'wall'):7.0f} s, epochs "
+        f"{'plain Optuna script':36}: wall {med(plains, 'wall'):7.0f} s, epochs "
         f"{med(plains, 'epochs'):5.0f}, best {med(plains, 'best'):8.2f}"
     )
-    for pruner, rows in ours.items():
-        name = f"vae-tune ({pruner or 'spec pruner'})"
+    for (pruner, tpe), rows in ours.items():
+        name = label(pruner, tpe)
         print(
-            f"{name:26}: wall {med(rows, 'wall'):7.0f} s, epochs {med(rows, 'epochs'):5.0f}, best "
+            f"{name:36}: wall {med(rows, 'wall'):7.0f} s, epochs {med(rows, 'epochs'):5.0f}, best "
             f"{med(rows, 'best'):8.2f}, time to target {med(rows, 'to_target'):7.0f} s"
         )
         print(
-            f"{'':26}  time to target / plain wall: "
+            f"{'':36}  time to target / plain wall: "
             f"{med(rows, 'to_target') / med(plains, 'wall'):.2f} (goal <= 0.33); best vae-tune "
             f"- plain: {med(rows, 'best') - med(plains, 'best'):+.2f} nats"
         )
