@@ -224,7 +224,7 @@ def main() -> None:
         )
         for pruner, tpe in variants:
             variant = spec.model_copy(deep=True)
-            variant.sampler.options = dict(TPE_OPTIONS[tpe])
+            variant.sampler.options = {**spec.sampler.options, **TPE_OPTIONS[tpe]}
             mine = run_vae_tune(variant, args.trials, args.epochs, pruner, plain["best"])
             ours[(pruner, tpe)].append(mine)
             to, base = mine["to_target"], mine["baseline"]
