@@ -33,7 +33,8 @@ import torch
 from models import build_model
 from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 from tuner.datasets import Splits
-from tuner.hardware import available_cores
+from tuner.errors import SpecError
+from tuner.hardware import available_cores, cpu_bf16_reading, resolve_precision
 from tuner.spec import RunConfig
 from tuner.train import resolve_device, set_threads, train
 
@@ -186,9 +187,15 @@ def main() -> None:
     x = (torch.rand(args.examples, 28, 28, generator=gen) > 0.8).float()
     splits = Splits(train=x, val=x[:1000], test=x[:1000])
     flops = train_flops_per_example((28, 28))
+    precisions = ["fp32", "bf16"]
+    try:
+        resolve_precision("bf16", device)
+    except SpecError as err:  # e.g. a CPU listing AMX its host does not enable
+        print(f"no bf16 rows: {err}")
+        precisions.remove("bf16")
     runs: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so drift affects every row alike
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             hand = hand_written(x, args.epochs, args.batch_size, device, precision)
             ours = project(splits, args.epochs, args.batch_size, str(device), precision)
             last = project(splits, args.epochs, args.batch_size, str(device), precision, 0, 0)
@@ -205,7 +212,8 @@ def main() -> None:
         f"{'':10} {'hand loop ex/s':>15} {'trainer ex/s':>13} {'ratio':>6} "
         f"{'trainer GFLOP/s':>16} {'matmul peak':>12} {'of peak':>8}"
     )
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         hand, ours = med[("hand", precision)], med[("ours", precision)]
         peak = matmul_peak(dtype, device)
         achieved = ours * flops / 1e9
@@ -213,26 +221,30 @@ def main() -> None:
             f"{precision:10} {hand:15,.0f} {ours:13,.0f} {ours / hand:6.3f} "
             f"{achieved:16.1f} {peak:12.1f} {achieved / peak:8.1%}"
         )
-    print(
-        f"bf16 / fp32 (trainer): {med[('ours', 'bf16')] / med[('ours', 'fp32')]:.2f}x; "
-        "trainer / hand-loop target >= 0.95"
-    )
+    if "bf16" in precisions:
+        print(f"bf16 / fp32 (trainer): {med[('ours', 'bf16')] / med[('ours', 'fp32')]:.2f}x")
+    print("trainer / hand-loop target >= 0.95")
+    if device.type == "cpu":
+        print(
+            f"precision auto picks {resolve_precision('auto', device)} here (the bf16 probe, "
+            f"one thread: {cpu_bf16_reading()})"
+        )
     print(
         "the weight average's cost (trainer with it / with ema_decay 0): "
-        + ", ".join(f"{p} {med[('ours', p)] / med[('last', p)]:.3f}" for p in ("fp32", "bf16"))
+        + ", ".join(f"{p} {med[('ours', p)] / med[('last', p)]:.3f}" for p in precisions)
     )
     if args.compile:
         epochs = max(args.epochs, 2)
         timed: dict[tuple[str, bool], list[tuple[float, float]]] = {}
         for _ in range(args.repeats):  # interleaved
-            for precision in ("fp32", "bf16"):
+            for precision in precisions:
                 for compiled in (False, True):
                     run = project_run(
                         splits, epochs, args.batch_size, str(device), precision, compiled
                     )
                     timed.setdefault((precision, compiled), []).append(steady(run, len(x)))
         print(f"torch.compile (training.compile), steady = the last of {epochs} epochs:")
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             eager = statistics.median(r for r, _ in timed[(precision, False)])
             compiled = statistics.median(r for r, _ in timed[(precision, True)])
             cost = statistics.median(c for _, c in timed[(precision, True)])

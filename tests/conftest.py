@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,21 @@ import yaml
 from support import TINY_SPEC, merge
 from typer.testing import CliRunner
 
+from tuner import hardware
 from tuner.cli import app
+
+# The bf16 probe runs once, here, and CLI subprocesses inherit its reading. A CPU may list AMX
+# that its host does not enable (oneDNN then fails on bf16): the bf16 tests check numerics, not
+# speed, so there oneDNN is kept to AVX-512 BF16, set before this process runs any torch op.
+if (
+    hardware.cpu_lists_bf16()
+    and hardware.cpu_bf16_reading().startswith("unavailable")
+    and "ONEDNN_MAX_CPU_ISA" not in os.environ
+):
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
+    del os.environ[hardware.PROBE_ENV]
+    hardware.cpu_bf16_reading.cache_clear()
+    hardware.cpu_bf16_reading()
 
 
 @pytest.fixture(autouse=True)

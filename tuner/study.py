@@ -22,6 +22,7 @@ from tuner import __version__
 from tuner.datasets import Splits, load_splits
 from tuner.errors import UserError
 from tuner.figures import validation_elbo
+from tuner.hardware import resolve_precision
 from tuner.samplers import build_pruner, build_sampler
 from tuner.search_space import grid_points
 from tuner.spec import StudySpec
@@ -67,7 +68,9 @@ def prepare(spec: StudySpec) -> Prepared:
     )
     pruner = build_pruner(spec.pruner)
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
-    resolve_device(spec.training.device)
+    # an explicit bf16 this CPU cannot run is refused here, and the bf16 probe's reading is
+    # taken once, before worker processes start (they inherit it)
+    resolve_precision(spec.training.precision, resolve_device(spec.training.device))
     splits = load_splits(spec.dataset, spec.seed)
     return Prepared(spec, sampler, pruner, grid, splits)
 

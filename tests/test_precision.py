@@ -1,0 +1,82 @@
+"""`training.precision: auto` takes bf16 only where a measured bf16 step is faster; a CPU that
+lists bf16 instructions it cannot run gets fp32 (auto) or a one-line error (bf16), never a
+crash in every trial."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuner import hardware
+from tuner.hardware import PROBE_ENV, resolve_precision
+from tuner.spec import DatasetSpec, RunConfig
+from tuner.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def reading(monkeypatch):
+    """Set the bf16 probe's reading as a parent process would hand it down."""
+
+    def set_reading(value: str) -> None:
+        monkeypatch.setenv(PROBE_ENV, value)
+        hardware.cpu_bf16_reading.cache_clear()
+
+    yield set_reading
+    hardware.cpu_bf16_reading.cache_clear()
+
+
+def test_auto_takes_bf16_only_where_the_probe_measured_a_gain(reading):
+    reading("1.40")
+    assert resolve_precision("auto", CPU) == "bf16"
+    reading("0.58")  # e.g. AVX-512 BF16 without AMX on a CPU whose fp32 is fast
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"  # asked for, and it runs: kept
+    reading("unavailable: the bf16 probe was killed by SIGILL")
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_a_reading_that_is_not_the_probes_is_measured_again(reading):
+    reading("fast")
+    measured = hardware.cpu_bf16_reading()
+    assert measured != "fast" and (measured.startswith("unavailable") or float(measured) > 0)
+
+
+def test_a_trial_trains_and_records_the_precision_auto_chose(reading):
+    config = RunConfig(
+        dataset=DatasetSpec(name="digits", subset=200),
+        model={"architecture": "mlp", "latent_dim": 4, "hidden_dim": 32},
+        epochs=1,
+        device="cpu",
+        threads=1,
+    )
+    reading("0.58")
+    assert train(config).precision == "fp32"
+    reading("1.40")
+    run = train(config)
+    assert run.precision == "bf16" and torch.isfinite(torch.tensor(run.final.val.elbo))
+
+
+def test_bf16_the_cpu_cannot_run_is_refused_before_anything_is_written(
+    cli, write_spec, tmp_path, reading, monkeypatch
+):
+    monkeypatch.setattr(hardware, "cpu_lists_bf16", lambda: True)
+    reading("unavailable: the bf16 probe was killed by SIGILL")
+    result = cli("run", write_spec({"training": {"precision": "bf16"}}))
+    assert result.exit_code == 2, result.output
+    assert "training.precision" in result.output and "SIGILL" in result.output
+    assert "use auto or fp32" in result.output
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_the_probe_measures_in_a_child_and_survives_its_crash():
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
+    assert hardware._probe_in_child(crash) == "unavailable: the bf16 probe was killed by SIGILL"
+    failed = hardware._probe_in_child("raise RuntimeError('could not create a primitive')")
+    assert (
+        failed == "unavailable: the bf16 probe failed (RuntimeError: could not create a primitive)"
+    )
+    measured = hardware._probe_in_child()  # the real probe, on this machine
+    assert measured.startswith("unavailable") or float(measured) > 0
