@@ -4,10 +4,10 @@ The plain side is written as optuna-examples' `pytorch_simple.py` would have it:
 an MLP VAE, TPE and the median pruner, `trial.report` / `trial.should_prune` every epoch,
 all cores to one process. The vae-tune side is `vae-tune run studies/vs-plain-optuna.yaml`
 with its defaults (workers, precision, sampler settings, the baseline trial, the weights'
-moving average), on the same data split, space and
-trial budget. Per side and seed it prints wall time, epochs trained, the best validation ELBO
-(beta = 1, nats/example), and vae-tune's *time to target*: when its study first completed a
-trial at least as good as the plain script's final best. Then the medians and the ratios.
+moving average, the learning-curve pruner), on the same data split, space and trial budget.
+Per side and seed it prints wall time, epochs trained, the best validation ELBO (beta = 1,
+nats/example), and vae-tune's *time to target*: when its study first completed a trial at
+least as good as the plain script's final best. Then the medians and the ratios.
 
     python bench/vs_plain_optuna.py --data-dir ../shared/data/mnist              # full MNIST
     python bench/vs_plain_optuna.py --data-dir DIR --subset 20000 --seeds 0,1,2  # quicker

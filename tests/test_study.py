@@ -12,6 +12,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tuner.samplers import PRUNERS
+
 
 def _load(db_url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=db_url)
@@ -196,9 +198,7 @@ def test_every_sampler_runs(cli, write_spec, db_url, sampler):
     assert len(_load(db_url).get_trials(states=(TrialState.COMPLETE,))) == 2
 
 
-@pytest.mark.parametrize(
-    "pruner", ["median", "percentile", "successive_halving", "hyperband", "patient", "none"]
-)
+@pytest.mark.parametrize("pruner", PRUNERS)
 def test_every_pruner_runs(cli, write_spec, db_url, pruner):
     result = cli("run", write_spec({"budget": {"n_trials": 2}}), "--pruner", pruner)
     assert result.exit_code == 0, result.output

@@ -25,6 +25,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from tuner.curve_pruner import LearningCurvePruner
 from tuner.errors import SpecError
 from tuner.seeds import derive, text_id
 
@@ -40,6 +41,7 @@ SAMPLER_CLASSES: dict[str, type[BaseSampler]] = {
 }
 PRUNER_CLASSES: dict[str, type[BasePruner]] = {
     "median": _p.MedianPruner,
+    "curve": LearningCurvePruner,
     "percentile": _p.PercentilePruner,
     "successive_halving": _p.SuccessiveHalvingPruner,
     "hyperband": _p.HyperbandPruner,

@@ -429,7 +429,7 @@ class SamplerSpec(_Named):
 
 
 class PrunerSpec(_Named):
-    name: Literal[PRUNERS] = "median"  # type: ignore[valid-type]
+    name: Literal[PRUNERS] = "curve"  # type: ignore[valid-type]
     wrapped: PrunerSpec | None = None
 
 
