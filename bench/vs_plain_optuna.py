@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,8 +158,11 @@ def label(pruner: str, tpe: str) -> str:
     return f"vae-tune ({pruner or 'spec pruner'}, TPE {tpe})"
 
 
-def run_vae_tune(spec, trials: int, epochs: int, pruner: str | None, target: float) -> dict:
-    """`vae-tune run` on the spec in a scratch folder (its defaults, or `--pruner`)."""
+def run_vae_tune(
+    spec, trials: int, epochs: int, pruner: str | None, target: float, keep: Path | None
+) -> dict:
+    """`vae-tune run` on the spec in a scratch folder (its defaults, or `--pruner`); with
+    `keep`, its database is copied there."""
     with tempfile.TemporaryDirectory() as tmp:
         spec.storage = f"sqlite:///{tmp}/v.db"
         spec_file = Path(tmp) / "spec.yaml"
@@ -172,6 +176,8 @@ def run_vae_tune(spec, trials: int, epochs: int, pruner: str | None, target: flo
         wall = time.perf_counter() - started
         study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
         ours = summary(study, target)
+        if keep:
+            shutil.copy(Path(tmp) / "v.db", keep)
     ours["wall"] = wall
     return ours
 
@@ -196,7 +202,16 @@ def main() -> None:
         "start-up trials a quarter of the budget) or optuna (TPESampler's own defaults, as\n"
         "the plain script has them); a comma list runs each, e.g. --tpe ours,optuna",
     )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="folder to keep every study in, as SQLite files (plain-seedN.db,\n"
+        "vae-tune-seedN-PRUNER-TPE.db), for optuna-dashboard or vae-tune report",
+    )
     args = ap.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(Path(args.data_dir).resolve())  # vae-tune runs in a scratch folder
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     variants = [(p, t) for p in args.pruner.split(",") for t in args.tpe.split(",")]
@@ -214,8 +229,12 @@ def main() -> None:
 
         torch.set_num_threads(os.cpu_count() or 1)
         started = time.perf_counter()
-        plain = summary(plain_study(train_x, val_x, seed, args.trials, args.epochs), None)
+        study = plain_study(train_x, val_x, seed, args.trials, args.epochs)
+        plain = summary(study, None)
         plain["wall"] = time.perf_counter() - started
+        if args.keep:  # after the clock: the plain script itself keeps its study in memory
+            url = f"sqlite:///{args.keep.resolve()}/plain-seed{seed}.db"
+            optuna.create_study(storage=url, direction="maximize").add_trials(study.trials)
         plains.append(plain)
         print(
             f"seed {seed}: plain script {plain['wall']:7.0f} s {plain['epochs']:4d} epochs, best "
@@ -225,7 +244,8 @@ def main() -> None:
         for pruner, tpe in variants:
             variant = spec.model_copy(deep=True)
             variant.sampler.options = {**spec.sampler.options, **TPE_OPTIONS[tpe]}
-            mine = run_vae_tune(variant, args.trials, args.epochs, pruner, plain["best"])
+            keep = args.keep and args.keep / f"vae-tune-seed{seed}-{pruner or 'spec'}-{tpe}.db"
+            mine = run_vae_tune(variant, args.trials, args.epochs, pruner, plain["best"], keep)
             ours[(pruner, tpe)].append(mine)
             to, base = mine["to_target"], mine["baseline"]
             print(
