@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.runner.budget import Tally
+from tuner.runner.launcher import share_devices
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
@@ -494,3 +495,20 @@ def test_run_picks_one_single_threaded_worker_per_core_by_default(tmp_path: Path
         assert f"{expected} workers (cpu, 1 torch thread(s) each)" in out, out
         assert out.count("joined study") == expected
     assert _states(_study(url, "auto")) == {"COMPLETE": 4}
+
+
+def test_trials_per_device_shares_each_gpu(monkeypatch):
+    """K workers per CUDA device (torch's CUDA probe answered as on a 2-GPU machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    both = share_devices(["cuda:0", "cuda:1"], 2, "auto")
+    assert both == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    assert share_devices([], 3, "cuda") == ["cuda"] * 3  # the spec's device
+    assert share_devices(["cuda:1"], 1, "cpu") == ["cuda:1"]
+
+
+def test_trials_per_device_on_a_cpu_exits_2_naming_it(cli, write_spec, db_url):
+    result = cli("run", write_spec(), "--trials-per-device", "2")
+    assert result.exit_code == 2, result.output
+    assert "trials-per-device" in result.output and "--workers" in result.output
+    assert optuna.get_all_study_names(db_url) == []

@@ -215,7 +215,7 @@ class _Progress:
 
 def _summary(study: optuna.Study, started: float, ran: int) -> None:
     from tuner.figures import validation_elbo
-    from tuner.study import baseline_summary, best_trial, counts
+    from tuner.study import baseline_summary, best_trial, counts, time_summary
 
     c = counts(study)
     typer.echo(
@@ -248,6 +248,9 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
     baseline = baseline_summary(study)
     if baseline is not None:
         typer.echo(baseline)
+    timing = time_summary(study)
+    if timing is not None:
+        typer.echo(timing)
     finished = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
     collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in finished)
     if best.user_attrs.get("posterior_collapse"):
@@ -311,6 +314,15 @@ def run(
         str | None,
         typer.Option(help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1."),
     ] = None,
+    trials_per_device: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Trials at once on each CUDA device (--devices, or the spec's device): one "
+            "small VAE leaves most of a GPU idle. 2 with --devices cuda:0,cuda:1 runs 4 "
+            "workers.",
+        ),
+    ] = 1,
     artifact_dir: Annotated[
         str | None,
         typer.Option(
@@ -346,7 +358,7 @@ def run(
     sqlite:///vae-tune.db. Each trial trains a VAE, reports the validation ELBO every epoch
     and may be pruned; one line is printed per finished trial, then a summary.
     """
-    from tuner.runner.launcher import parse_devices, parse_workers, run_study
+    from tuner.runner.launcher import parse_devices, parse_workers, run_study, share_devices
     from tuner.spec import load_spec
     from tuner.storage import Heartbeat, mask_url
     from tuner.warm_start import WarmStart
@@ -369,7 +381,9 @@ def run(
     flags = {dotted: "--" + dotted.rsplit(".", 1)[-1].replace("_", "-") for dotted in overrides}
     flags.update({"budget.n_trials": "--n-trials", "training.device": "--device"})
     study_spec = load_spec(spec, overrides, flags)
-    device_list = parse_devices(devices)
+    device_list = share_devices(
+        parse_devices(devices), trials_per_device, study_spec.training.device
+    )
     n_workers = parse_workers(workers)
     beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
 

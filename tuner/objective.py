@@ -8,7 +8,9 @@ finished trial gets a Markdown note with them for optuna-dashboard.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -35,6 +37,41 @@ from tuner.train import (
 )
 
 Progress = Callable[[int, EpochResult, int], None]  # (trial number, epoch result, max epochs)
+SECONDS_ATTR = "seconds"  # where a trial's wall time went (TrialClock.seconds)
+
+
+@dataclass
+class TrialClock:
+    """Where one trial's wall time goes: training steps and validation (from the run's
+    history), the importance-weighted NLL and pictures of a completed trial, and the rest
+    (sampling, building the model, data to the device, storage writes, checkpoints): the
+    fixed cost a trial pays besides the work it is there for."""
+
+    started: float = field(default_factory=time.perf_counter)
+    train: float = 0.0
+    validation: float = 0.0
+    iw_nll: float = 0.0
+    pictures: float = 0.0
+
+    def epoch(self, run: TrainResult) -> None:
+        """Take the training and validation time of this attempt (not a resumed one's)."""
+        before = run.history[run.resumed_from_epoch - 1] if run.resumed_from_epoch else None
+        self.train = run.final.train_seconds - (before.train_seconds if before else 0.0)
+        self.validation = run.final.val_seconds - (before.val_seconds if before else 0.0)
+
+    def timed(self, part: str, started: float) -> None:
+        setattr(self, part, getattr(self, part) + time.perf_counter() - started)
+
+    def seconds(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        parts = {
+            "train": self.train,
+            "validation": self.validation,
+            "iw_nll": self.iw_nll,
+            "pictures": self.pictures,
+        }
+        rest = max(0.0, total - sum(parts.values()))
+        return {k: round(v, 4) for k, v in {"trial": total, **parts, "other": rest}.items()}
 
 
 class Objective:
@@ -60,15 +97,18 @@ class Objective:
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        clock = TrialClock()
         try:
-            value = self._run(trial)
+            value = self._run(trial, clock)
         except optuna.TrialPruned:
             save_trial_note(trial, "pruned")
+            trial.set_user_attr(SECONDS_ATTR, clock.seconds())
             raise
         save_trial_note(trial, "complete")
+        trial.set_user_attr(SECONDS_ATTR, clock.seconds())
         return value
 
-    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+    def _run(self, trial: optuna.Trial, clock: TrialClock) -> float | tuple[float, float]:
         # a retry is seeded like the trial it retries, so it can resume that trial's checkpoint
         config = run_config(self.spec, suggest(trial, self.spec.search_space), seed_number(trial))
         trial.set_user_attr("config", config.model_dump(mode="json", exclude={"source"}))
@@ -78,6 +118,7 @@ class Objective:
         curve: list[float] = list(trial.user_attrs.get(CURVE_ATTR) or [])  # a retry's so far
 
         def on_epoch(run: TrainResult) -> None:
+            clock.epoch(run)
             r = run.final
             if r.epoch == 1:
                 trial.set_user_attr("device", str(run.device))
@@ -119,6 +160,7 @@ class Objective:
         x_val = eval_targets(config, self.splits.val.to(result.device), 1)
         y_val = model_labels(result.model, self.splits, "val", result.device)
         if config.iw_samples:
+            started = time.perf_counter()
             k, x_nll = config.iw_samples, x_val[: config.iw_examples]  # val order is random
             y_nll = None if y_val is None else y_val[: config.iw_examples]
             seed = derive(config.data_seed, "iw-nll")  # the same noise for every trial
@@ -126,8 +168,11 @@ class Objective:
             trial.set_user_attr("val_iw_nll", nll)
             trial.set_user_attr("iw_samples", k)
             trial.set_user_attr("iw_examples", len(x_nll))
+            clock.timed("iw_nll", started)
         if self.spec.training.pictures:
+            started = time.perf_counter()
             self._pictures(trial, result, x_val, y_val, config.beta)
+            clock.timed("pictures", started)
         val = result.final.val
         return (val.kl, -val.recon) if multi else val.elbo
 

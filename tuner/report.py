@@ -32,7 +32,7 @@ from tuner.figures import (
 )
 from tuner.files import check_writable, write_atomic
 from tuner.storage import open_storage
-from tuner.study import baseline_summary, best_trial, load_vae_study
+from tuner.study import baseline_summary, best_trial, load_vae_study, time_summary
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
@@ -160,6 +160,8 @@ def write_report(
         best = best_trial(study)
         said = baseline_summary(study)
         baseline = f"<p>{_e(said)}</p>" if said else ""
+        timed = time_summary(study)
+        timing = f"<p>{_e(timed)}</p>" if timed else ""
         store = open_artifact_store(storage_url, artifact_dir, create=False)
         pictures = _pictures(best, storage, store)
         figures: dict[str, Callable[[], go.Figure]] = {
@@ -195,7 +197,7 @@ def write_report(
             "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{title}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{title}</h1><p class='meta'>{meta}</p>"
-            f"<h2>Outcomes</h2>{_outcomes(trials)}"
+            f"<h2>Outcomes</h2>{_outcomes(trials)}{timing}"
             f"<h2>Best trial (by validation ELBO)</h2>{baseline}{_best(best)}{pictures}"
             + "".join(body)
             + "</body></html>"

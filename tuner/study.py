@@ -9,6 +9,7 @@ trials is the job of `tuner.runner`.
 from __future__ import annotations
 
 import difflib
+import statistics
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from tuner.datasets import Splits, load_splits
 from tuner.errors import UserError
 from tuner.figures import validation_elbo
 from tuner.hardware import resolve_precision
+from tuner.objective import SECONDS_ATTR
 from tuner.samplers import build_pruner, build_sampler
 from tuner.search_space import grid_points
 from tuner.spec import StudySpec
@@ -200,6 +202,39 @@ def baseline_summary(study: optuna.Study) -> str | None:
     said = f"tuning gained {gain:.3f} nats" if gain > 0 else "tuning has not beaten it yet"
     return (
         f"Baseline (the knobs' defaults): trial {base.number}, validation ELBO {value:.3f}; {said}"
+    )
+
+
+# a trial's SECONDS_ATTR parts, as the time summary names them
+TIME_PARTS = {
+    "train": "training",
+    "validation": "validation",
+    "iw_nll": "IW-NLL",
+    "pictures": "pictures",
+    "other": "the rest",
+}
+
+
+def time_summary(study: optuna.Study) -> str | None:
+    """One line on where the finished trials' wall time went, and the median fixed cost of a
+    trial (the rest: sampling, model set-up, storage writes, checkpoints); None before any
+    trial has timed itself."""
+    timed = [
+        t.user_attrs[SECONDS_ATTR]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if SECONDS_ATTR in t.user_attrs
+    ]
+    total = sum(s["trial"] for s in timed)
+    if not total:
+        return None
+    shares = ", ".join(
+        f"{name} {sum(s.get(part, 0.0) for s in timed) / total:.0%}"
+        for part, name in TIME_PARTS.items()
+    )
+    rest = statistics.median(s["other"] for s in timed)
+    return (
+        f"Trial time ({total:.0f} s in {len(timed)} trials): {shares}; "
+        f"the rest is {rest:.3f} s per trial (median)"
     )
 
 

@@ -84,6 +84,7 @@ class EpochResult:
     train_seconds: float  # cumulative, training steps only
     wall_seconds: float  # cumulative, since the run started (data transfer, validation included)
     examples_per_s: float
+    val_seconds: float = 0.0  # cumulative, validation only (0 in checkpoints older than it)
 
 
 class Checkpoints(Protocol):
@@ -328,7 +329,7 @@ def train(
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
     free_bits, clip, k = config.free_bits, config.grad_clip, config.objective_k
-    step, train_seconds, first_epoch = 0, 0.0, 1
+    step, train_seconds, val_seconds, first_epoch = 0, 0.0, 0.0, 1
     rng = _rng_state(device)  # after weight init: where epoch 1 starts
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:
@@ -344,6 +345,7 @@ def train(
             rng = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
         result.history = [_epoch_from_dict(h) for h in state["history"]]
+        val_seconds = result.history[-1].val_seconds
         first_epoch = state["epoch"] + 1
         result.resumed_from_epoch = state["epoch"]
     for epoch in range(first_epoch, config.epochs + 1):
@@ -385,12 +387,15 @@ def train(
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
+        started = time.perf_counter()
         val = evaluate(*kept, x_val, config.eval_batch_size, val_seed, y_val)
+        val_seconds += time.perf_counter() - started
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started
+        rate = n * epoch / train_seconds
         result.history.append(
-            EpochResult(epoch, train_loss, val, train_seconds, wall, n * epoch / train_seconds)
+            EpochResult(epoch, train_loss, val, train_seconds, wall, rate, val_seconds)
         )
         if checkpoints is not None:
             checkpoints.save(

@@ -60,6 +60,23 @@ def parse_devices(devices: str | None) -> list[str]:
     return names
 
 
+def share_devices(devices: Sequence[str], per_device: int, spec_device: str) -> list[str]:
+    """Each CUDA device `per_device` times (one worker each): one small VAE leaves most of a
+    modern GPU idle, so several trials share it. Without `devices`, the spec's device, which
+    must then be CUDA (raises UserError on a CPU, where --workers is the knob)."""
+    if per_device == 1:
+        return list(devices)
+    names = list(devices) or [spec_device]
+    cpu = [n for n in names if resolve_device(n).type != "cuda"]
+    if cpu:
+        raise UserError(
+            f"several trials per device are for CUDA devices, not {cpu[0]!r}; on a CPU use "
+            "--workers",
+            "trials-per-device",
+        )
+    return [n for n in names for _ in range(per_device)]
+
+
 AUTO_SQLITE_MAX = 4  # SQLite takes one writer at a time: beyond this, use PostgreSQL
 
 
