@@ -34,7 +34,12 @@ from models import build_model
 from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 from tuner.datasets import Splits
 from tuner.errors import SpecError
-from tuner.hardware import available_cores, cpu_bf16_reading, resolve_precision
+from tuner.hardware import (
+    available_cores,
+    cpu_bf16_reading,
+    cpu_lists_bf16,
+    resolve_precision,
+)
 from tuner.spec import RunConfig
 from tuner.train import resolve_device, set_threads, train
 
@@ -190,6 +195,10 @@ def main() -> None:
     precisions = ["fp32", "bf16"]
     try:
         resolve_precision("bf16", device)
+        if device.type == "cpu" and not cpu_lists_bf16():
+            # emulated bf16: its matmul peak alone ran over 5 minutes on a 2-core AVX2 CPU
+            print("no bf16 rows: this CPU lists no bf16 instructions (bf16 would be emulated)")
+            precisions.remove("bf16")
     except SpecError as err:  # e.g. a CPU listing AMX its host does not enable
         print(f"no bf16 rows: {err}")
         precisions.remove("bf16")
