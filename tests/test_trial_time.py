@@ -4,6 +4,8 @@ of a trial beside the work it is there for."""
 
 from __future__ import annotations
 
+import html
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -19,7 +21,7 @@ def _timed(db_url: str) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url):
+def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url, tmp_path):
     spec = write_spec({"training": {"iw_samples": 5, "pictures": True}})
     result = cli("run", spec, "--n-trials", "2")
     assert result.exit_code == 0, result.output
@@ -37,6 +39,10 @@ def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url):
     assert "training" in line and "IW-NLL" in line and "pictures" in line
     assert "per trial (median)" in line
     assert line == time_summary(optuna.load_study(study_name="tiny", storage=db_url))
+    page = tmp_path / "report.html"
+    report = cli("report", "--study-name", "tiny", "--storage", db_url, "--output", page)
+    assert report.exit_code == 0, report.output
+    assert html.escape(line) in page.read_text()
 
 
 def test_a_pruned_trial_is_timed_too_and_pays_no_diagnostics(cli, write_spec, db_url):
