@@ -22,12 +22,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.objective import SECONDS_ATTR
+from tuner.objective import SECONDS_ATTR, TIME_PARTS
 from tuner.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("vae-tune"))
-PARTS = ("train", "validation", "iw_nll", "pictures", "other")
+PARTS = tuple(TIME_PARTS)
 TARGET_S = 0.2
 
 

@@ -10,10 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.objective import SECONDS_ATTR
+from tuner.objective import SECONDS_ATTR, TIME_PARTS
 from tuner.study import time_summary
 
-PARTS = ("train", "validation", "iw_nll", "pictures", "other")
+PARTS = tuple(TIME_PARTS)
 
 
 def _timed(db_url: str) -> list[optuna.trial.FrozenTrial]:

@@ -38,6 +38,14 @@ from tuner.train import (
 
 Progress = Callable[[int, EpochResult, int], None]  # (trial number, epoch result, max epochs)
 SECONDS_ATTR = "seconds"  # where a trial's wall time went (TrialClock.seconds)
+# the parts of SECONDS_ATTR besides "trial" (the whole), as summaries name them
+TIME_PARTS = {
+    "train": "training",
+    "validation": "validation",
+    "iw_nll": "IW-NLL",
+    "pictures": "pictures",
+    "other": "the rest",
+}
 
 
 @dataclass
@@ -64,12 +72,7 @@ class TrialClock:
 
     def seconds(self) -> dict[str, float]:
         total = time.perf_counter() - self.started
-        parts = {
-            "train": self.train,
-            "validation": self.validation,
-            "iw_nll": self.iw_nll,
-            "pictures": self.pictures,
-        }
+        parts = {part: getattr(self, part) for part in TIME_PARTS if part != "other"}
         rest = max(0.0, total - sum(parts.values()))
         return {k: round(v, 4) for k, v in {"trial": total, **parts, "other": rest}.items()}
 

@@ -24,7 +24,7 @@ from tuner.datasets import Splits, load_splits
 from tuner.errors import UserError
 from tuner.figures import validation_elbo
 from tuner.hardware import resolve_precision
-from tuner.objective import SECONDS_ATTR
+from tuner.objective import SECONDS_ATTR, TIME_PARTS
 from tuner.samplers import build_pruner, build_sampler
 from tuner.search_space import grid_points
 from tuner.spec import StudySpec
@@ -203,16 +203,6 @@ def baseline_summary(study: optuna.Study) -> str | None:
     return (
         f"Baseline (the knobs' defaults): trial {base.number}, validation ELBO {value:.3f}; {said}"
     )
-
-
-# a trial's SECONDS_ATTR parts, as the time summary names them
-TIME_PARTS = {
-    "train": "training",
-    "validation": "validation",
-    "iw_nll": "IW-NLL",
-    "pictures": "pictures",
-    "other": "the rest",
-}
 
 
 def time_summary(study: optuna.Study) -> str | None:
