@@ -57,7 +57,7 @@ def main() -> None:
     for precision in args.precisions.split(","):
         _, result, _, test, secs = run(args.data_dir, "none", args.epochs, args.device, precision)
         print(
-            f"[grey-level Bernoulli, {precision}] {args.epochs} epochs in {secs:.0f}s on "
+            f"[grey-level Bernoulli, {result.precision}] {args.epochs} epochs in {secs:.0f}s on "
             f"{result.device}: validation ELBO {result.final.val.elbo:.2f}, test -ELBO "
             f"{-test.elbo:.2f} nats/image (reference ~105.6)",
             flush=True,

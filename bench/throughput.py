@@ -2,14 +2,18 @@
 
 Same MLP VAE (784-400-20 by default), same data, batch size, optimizer and device; prints
 examples/s for both and their ratio (target >= 0.95; the trainer also keeps the weights' moving
-average, whose cost is printed apart), in fp32 and in bf16 (autocast), with
+average, whose cost is printed apart), in fp32 and in bf16 (the way `training.precision: bf16`
+takes on this machine: autocast, or bf16-matmul where the probe found oneDNN's bf16 products
+faster; `--bf16 autocast,matmul` times both), with
 the achieved GFLOP/s of the training step beside this machine's measured matmul peak in each
 precision, so the distance to the hardware limit is visible. Repeats are interleaved and the
 medians are quoted. Data are MNIST-shaped random binary images: throughput does not depend on
 what the pixels show.
 
     python bench/throughput.py [--examples 20000] [--epochs 3] [--batch-size 128] [--repeats 5]
-        [--hidden 400] [--depth 1] [--latent 20] [--workers 2]
+        [--hidden 400] [--depth 1] [--latent 20] [--workers 2] [--threads 0]
+
+--threads 1 times one single-threaded training, as each of `--workers auto`'s workers runs.
 
 With --workers N (default: the cores) it also prints the trials per hour of N concurrent
 single-threaded trainings (what `vae-tune run --workers auto` does on a CPU) against one
@@ -23,7 +27,9 @@ seconds compiling cost the run (its first epoch's time less a steady epoch's).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +41,10 @@ from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 from tuner.datasets import Splits
 from tuner.errors import SpecError
 from tuner.hardware import (
+    BF16_MIN_SPEEDUP,
+    PRECISION_OF_MODE,
+    PROBE_ENV,
+    Bf16Matmul,
     available_cores,
     cpu_bf16_reading,
     cpu_lists_bf16,
@@ -50,10 +60,12 @@ def hand_written(
     x: torch.Tensor, epochs: int, batch_size: int, device: torch.device, precision: str
 ) -> float:
     """The loop of pytorch/examples' VAE, with data already on the device (bf16: the forward
-    pass under autocast, the loss in fp32). Returns examples/s."""
+    pass under autocast, the loss in fp32; bf16-matmul: the whole step in oneDNN's bf16-product
+    mode). Returns examples/s."""
     torch.manual_seed(0)
     model = build_model(MODEL, tuple(x.shape[1:])).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    products = Bf16Matmul(precision == "bf16-matmul")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = x.to(device)
     n = len(x)
@@ -62,16 +74,17 @@ def hand_written(
     started = time.perf_counter()
     for _ in range(epochs):
         shuffled = x[torch.randperm(n, device=device)]
-        for i in range(0, n, batch_size):
-            xb = shuffled[i : i + batch_size]
-            with autocast:
-                mu, logvar = model.encode(xb)
-                logits = model.decode(reparameterize(mu, logvar))
-            mu, logvar, logits = mu.float(), logvar.float(), logits.float()
-            loss = (gaussian_kl(mu, logvar) - bernoulli_log_likelihood(logits, xb)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with products:
+            for i in range(0, n, batch_size):
+                xb = shuffled[i : i + batch_size]
+                with autocast:
+                    mu, logvar = model.encode(xb)
+                    logits = model.decode(reparameterize(mu, logvar))
+                mu, logvar, logits = mu.float(), logvar.float(), logits.float()
+                loss = (gaussian_kl(mu, logvar) - bernoulli_log_likelihood(logits, xb)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n * epochs / (time.perf_counter() - started)
@@ -92,6 +105,26 @@ def project(
     return run.final.examples_per_s
 
 
+@contextlib.contextmanager
+def bf16_way(precision: str):
+    """Train `precision` (fp32, bf16 or bf16-matmul) whatever the probe found faster: the
+    trainer's bf16 takes the probe's mode, so the reading is pinned, as a user would pin it
+    in `VAE_TUNE_BF16_SPEEDUP`, and restored after."""
+    modes = {v: k for k, v in PRECISION_OF_MODE.items()}
+    before = os.environ.get(PROBE_ENV)
+    if precision in modes:
+        os.environ[PROBE_ENV] = f"{BF16_MIN_SPEEDUP} {modes[precision]}"
+        cpu_bf16_reading.cache_clear()
+    try:
+        yield "fp32" if precision == "fp32" else "bf16"
+    finally:
+        if before is None:
+            os.environ.pop(PROBE_ENV, None)
+        else:
+            os.environ[PROBE_ENV] = before
+        cpu_bf16_reading.cache_clear()
+
+
 def project_run(
     splits: Splits,
     epochs: int,
@@ -102,21 +135,25 @@ def project_run(
     threads: int = 0,
     ema_decay: float = 0.999,
 ):
-    """The project's trainer; `threads` as `training.threads` (0: one per core). The trainer
-    sets them itself, so a worker's thread count must go through the config."""
-    config = RunConfig(
-        model=MODEL,
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-        lr=1e-3,
-        precision=precision,
-        iw_samples=0,
-        compile=compile,
-        threads=threads,
-        ema_decay=ema_decay,
-    )
-    return train(config, splits)
+    """The project's trainer in `precision` (fp32, bf16, bf16-matmul); `threads` as
+    `training.threads` (0: one per core). The trainer sets them itself, so a worker's thread
+    count must go through the config."""
+    with bf16_way(precision) as name:
+        config = RunConfig(
+            model=MODEL,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            lr=1e-3,
+            precision=name,
+            iw_samples=0,
+            compile=compile,
+            threads=threads,
+            ema_decay=ema_decay,
+        )
+        run = train(config, splits)
+    assert run.precision == precision, (run.precision, precision)
+    return run
 
 
 def steady(run, n: int) -> tuple[float, float]:
@@ -183,31 +220,41 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=available_cores(), help="0: skip that row")
     ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    ap.add_argument(
+        "--bf16",
+        default="",
+        help="bf16 ways to time on a CPU, e.g. autocast,matmul (default: the one auto takes)",
+    )
     args = ap.parse_args()
     MODEL.update(hidden_dim=args.hidden, depth=args.depth, latent_dim=args.latent)
 
     device = resolve_device(args.device)
-    set_threads(0)
+    set_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(args.examples, 28, 28, generator=gen) > 0.8).float()
     splits = Splits(train=x, val=x[:1000], test=x[:1000])
     flops = train_flops_per_example((28, 28))
-    precisions = ["fp32", "bf16"]
+    measured = cpu_bf16_reading() if device.type == "cpu" else ""
+    precisions = ["fp32"]
     try:
-        resolve_precision("bf16", device)
+        bf16 = resolve_precision("bf16", device)  # the way this machine takes
         if device.type == "cpu" and not cpu_lists_bf16():
             # emulated bf16: its matmul peak alone ran over 5 minutes on a 2-core AVX2 CPU
             print("no bf16 rows: this CPU lists no bf16 instructions (bf16 would be emulated)")
-            precisions.remove("bf16")
+        elif args.bf16 and device.type == "cpu":
+            precisions += [PRECISION_OF_MODE[m] for m in args.bf16.split(",")]
+        else:
+            precisions.append(bf16)
     except SpecError as err:  # e.g. a CPU listing AMX its host does not enable
         print(f"no bf16 rows: {err}")
-        precisions.remove("bf16")
     runs: dict[tuple[str, str], list[float]] = {}
+    threads = args.threads
     for _ in range(args.repeats):  # interleaved, so drift affects every row alike
         for precision in precisions:
             hand = hand_written(x, args.epochs, args.batch_size, device, precision)
-            ours = project(splits, args.epochs, args.batch_size, str(device), precision)
-            last = project(splits, args.epochs, args.batch_size, str(device), precision, 0, 0)
+            ours = project(splits, args.epochs, args.batch_size, str(device), precision, threads)
+            last = project(splits, args.epochs, args.batch_size, str(device), precision, threads, 0)
             runs.setdefault(("hand", precision), []).append(hand)
             runs.setdefault(("ours", precision), []).append(ours)
             runs.setdefault(("last", precision), []).append(last)
@@ -222,7 +269,7 @@ def main() -> None:
         f"{'trainer GFLOP/s':>16} {'matmul peak':>12} {'of peak':>8}"
     )
     for precision in precisions:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         hand, ours = med[("hand", precision)], med[("ours", precision)]
         peak = matmul_peak(dtype, device)
         achieved = ours * flops / 1e9
@@ -230,13 +277,14 @@ def main() -> None:
             f"{precision:10} {hand:15,.0f} {ours:13,.0f} {ours / hand:6.3f} "
             f"{achieved:16.1f} {peak:12.1f} {achieved / peak:8.1%}"
         )
-    if "bf16" in precisions:
-        print(f"bf16 / fp32 (trainer): {med[('ours', 'bf16')] / med[('ours', 'fp32')]:.2f}x")
+    for precision in precisions[1:]:
+        ratio = med[("ours", precision)] / med[("ours", "fp32")]
+        print(f"{precision} / fp32 (trainer): {ratio:.2f}x (target >= 1.5)")
     print("trainer / hand-loop target >= 0.95")
     if device.type == "cpu":
         print(
             f"precision auto picks {resolve_precision('auto', device)} here (the bf16 probe, "
-            f"one thread: {cpu_bf16_reading()})"
+            f"one thread: {measured})"
         )
     print(
         "the weight average's cost (trainer with it / with ema_decay 0): "
@@ -249,7 +297,7 @@ def main() -> None:
             for precision in precisions:
                 for compiled in (False, True):
                     run = project_run(
-                        splits, epochs, args.batch_size, str(device), precision, compiled
+                        splits, epochs, args.batch_size, str(device), precision, compiled, threads
                     )
                     timed.setdefault((precision, compiled), []).append(steady(run, len(x)))
         print(f"torch.compile (training.compile), steady = the last of {epochs} epochs:")

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from tuner import hardware
+from tuner.datasets import load_splits
 from tuner.hardware import PROBE_ENV, resolve_precision
+from tuner.seeds import derive
 from tuner.spec import DatasetSpec, RunConfig
-from tuner.train import train
+from tuner.train import eval_targets, evaluate, train
 
 CPU = torch.device("cpu")
 
@@ -41,7 +43,8 @@ def test_auto_takes_bf16_only_where_the_probe_measured_a_gain(reading):
 def test_a_reading_that_is_not_the_probes_is_measured_again(reading):
     reading("fast")
     measured = hardware.cpu_bf16_reading()
-    assert measured != "fast" and (measured.startswith("unavailable") or float(measured) > 0)
+    assert measured != "fast"
+    assert measured.startswith("unavailable") or hardware.parse_reading(measured) is not None
 
 
 def test_a_trial_trains_and_records_the_precision_auto_chose(reading):
@@ -79,4 +82,63 @@ def test_the_probe_measures_in_a_child_and_survives_its_crash():
         failed == "unavailable: the bf16 probe failed (RuntimeError: could not create a primitive)"
     )
     measured = hardware._probe_in_child()  # the real probe, on this machine
-    assert measured.startswith("unavailable") or float(measured) > 0
+    assert measured.startswith("unavailable") or hardware.parse_reading(measured) is not None
+
+
+def test_a_reading_names_the_faster_bf16_mode(reading):
+    assert hardware.parse_reading("1.31") == (1.31, "autocast")  # a bare ratio, as users set it
+    assert hardware.parse_reading("unavailable: no") is None
+    assert hardware.parse_reading("1.4 fastest") is None  # not a mode: measured again
+    if not hardware.bf16_matmul_available():
+        pytest.skip("this torch has no oneDNN bf16-product mode (torch < 2.9)")
+    assert hardware.parse_reading("1.43 matmul") == (1.43, "matmul")
+    reading("1.43 matmul")
+    assert resolve_precision("auto", CPU) == "bf16-matmul"
+    assert resolve_precision("bf16", CPU) == "bf16-matmul"
+    reading("1.02 matmul")
+    assert resolve_precision("auto", CPU) == "fp32"
+    reading("1.25 autocast")
+    assert resolve_precision("auto", CPU) == "bf16"
+
+
+def test_bf16_products_round_inside_the_context_only():
+    if not hardware.bf16_matmul_available():
+        pytest.skip("this torch has no oneDNN bf16-product mode (torch < 2.9)")
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 256, generator=gen), torch.randn(256, 32, generator=gen)
+    exact = a.double() @ b.double()
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    products = hardware.Bf16Matmul()
+    for _ in range(2):  # reusable, as the trainer enters it once per epoch
+        with products:
+            assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+            inside = a @ b
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert inside.dtype == torch.float32
+    fp32_error = ((a @ b).double() - exact).abs().max()
+    if hardware.cpu_bf16_reading().endswith("matmul"):  # oneDNN has bf16 kernels here
+        assert ((inside.double() - exact).abs().max()) > 100 * fp32_error
+
+
+def test_bf16_matmul_trains_and_validates_in_fp32(reading):
+    """The trial records bf16-matmul, and the validation ELBO it reports is the fp32 one: the
+    same value an fp32 evaluation of the kept model gives after training."""
+    if not hardware.bf16_matmul_available():
+        pytest.skip("this torch has no oneDNN bf16-product mode (torch < 2.9)")
+    config = RunConfig(
+        dataset=DatasetSpec(name="digits", subset=300),
+        model={"architecture": "mlp", "latent_dim": 4, "hidden_dim": 32},
+        epochs=2,
+        device="cpu",
+        threads=1,
+        precision="bf16",
+    )
+    reading("1.43 matmul")
+    splits = load_splits(config.dataset, config.data_seed)
+    run = train(config, splits)
+    assert run.precision == "bf16-matmul"
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # restored
+    x_val = eval_targets(config, splits.val, 1)
+    noise = derive(config.data_seed, "val-noise")
+    again = evaluate(run.model, run.likelihood, x_val, config.eval_batch_size, noise)
+    assert again.elbo == pytest.approx(run.final.val.elbo, abs=1e-9)

@@ -103,7 +103,8 @@ def test_bf16_autocast_keeps_densities_and_log_dets_in_fp32():
     for t in (post.z, post.log_q, post.log_p, post.kl):
         assert t.dtype == torch.float32
     run = train(_config(model=config, precision="bf16", objective_k=2, kl_schedule="cyclical"))
-    assert run.precision == "bf16" and torch.isfinite(torch.tensor(run.final.val.elbo))
+    assert run.precision in ("bf16", "bf16-matmul")  # the CPU mode the probe found faster
+    assert torch.isfinite(torch.tensor(run.final.val.elbo))
 
 
 REMEDIES = {

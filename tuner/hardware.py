@@ -1,9 +1,18 @@
-"""What this machine offers a worker: cores, and whether bf16 arithmetic pays on it."""
+"""What this machine offers a worker: cores, and whether bf16 arithmetic pays on it (and how).
+
+A CPU runs a bf16 training step one of two ways: `autocast` (the networks' weights and
+activations cast to bf16 around each operation, as on CUDA), or `matmul`, where tensors stay
+fp32 and oneDNN takes bf16 inputs only inside the matrix products, convolutions and RNN cells
+(`torch.backends.mkldnn.*.fp32_precision = "bf16"`, torch 2.9 and newer). The second skips
+autocast's per-step casts and keeps every elementwise operation in fp32, but engages only where
+oneDNN has a fast bf16 kernel for it (AMX); elsewhere it is plain fp32. The probe times both.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -31,6 +40,41 @@ BF16_MIN_SPEEDUP = 1.1
 # the probe's reading, handed down to worker processes so each machine is probed once per run:
 # a ratio such as "1.31", or "unavailable: why"
 PROBE_ENV = "VAE_TUNE_BF16_SPEEDUP"
+# how a CPU trains in bf16 (module docstring); a reading names the faster one, e.g. "1.43 matmul"
+BF16_MODES = ("autocast", "matmul")
+# what each mode's resolved precision is called (recorded on every trial)
+PRECISION_OF_MODE = {"autocast": "bf16", "matmul": "bf16-matmul"}
+_MKLDNN_OPS = ("matmul", "conv", "rnn")
+
+
+def bf16_matmul_available() -> bool:
+    """Whether this torch lets oneDNN compute fp32 products with bf16 inputs (torch >= 2.9)."""
+    return all(
+        hasattr(getattr(torch.backends.mkldnn, op, None), "fp32_precision") for op in _MKLDNN_OPS
+    )
+
+
+class Bf16Matmul:
+    """A reusable context in which oneDNN computes fp32 matrix products, convolutions and RNN
+    cells from bf16-rounded inputs (fp32 accumulation and outputs); everything else, and all
+    code outside it (validation, IW-NLL, exports), stays fp32. Disabled, it does nothing."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and bf16_matmul_available()
+        self._before: list[str] = []
+
+    def __enter__(self) -> Bf16Matmul:
+        if self.enabled:
+            backends = [getattr(torch.backends.mkldnn, op) for op in _MKLDNN_OPS]
+            self._before = [b.fp32_precision for b in backends]
+            for backend in backends:
+                backend.fp32_precision = "bf16"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            for op, before in zip(_MKLDNN_OPS, self._before, strict=True):
+                getattr(torch.backends.mkldnn, op).fp32_precision = before
 
 
 @functools.cache
@@ -43,9 +87,10 @@ def cpu_lists_bf16() -> bool:
     return any(f in flags for f in _BF16_CPU_FLAGS)
 
 
-def measure_bf16_speedup(rounds: int = 3, steps: int = 8) -> float:
-    """bf16-autocast training steps per second over fp32 ones, on one thread: a 784-400-20 MLP
-    VAE's layers at batch 128 with Adam (the reference model), medians of interleaved rounds."""
+def measure_bf16_speedups(rounds: int = 3, steps: int = 8) -> dict[str, float]:
+    """Each bf16 mode's training steps per second over fp32's, on one thread (what a default
+    worker has): a 784-400-20 MLP VAE's layers at batch 128 with fused Adam (the reference
+    model as the trainer runs it), medians of interleaved rounds."""
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(128, 784, generator=gen) > 0.5).float()
@@ -53,29 +98,46 @@ def measure_bf16_speedup(rounds: int = 3, steps: int = 8) -> float:
         nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 20),
         nn.Linear(20, 400), nn.ReLU(), nn.Linear(400, 784),
     )  # fmt: skip
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    try:
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch: no fused kernel on the CPU
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    modes = [m for m in BF16_MODES if m == "autocast" or bf16_matmul_available()]
 
-    def seconds(bf16: bool) -> float:
+    def seconds(mode: str) -> float:
         started = 0.0
-        for step in range(steps + 2):  # two warm-up steps
-            if step == 2:
-                started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = net(x)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast")
+        with Bf16Matmul(mode == "matmul"):
+            for step in range(steps + 2):  # two warm-up steps
+                if step == 2:
+                    started = time.perf_counter()
+                with autocast:
+                    logits = net(x)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), x)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         return time.perf_counter() - started
 
-    return statistics.median(seconds(False) / seconds(True) for _ in range(rounds))
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            ratios[mode].append(seconds("fp32") / seconds(mode))
+    return {mode: statistics.median(r) for mode, r in ratios.items()}
 
 
-_PROBE = "from tuner.hardware import measure_bf16_speedup as m; print(f'{m():.3f}')"
+def best_bf16_mode() -> str:
+    """The probe's output: the faster bf16 mode's speed-up over fp32 and its name."""
+    speedups = measure_bf16_speedups()
+    mode = max(speedups, key=speedups.__getitem__)
+    return f"{speedups[mode]:.3f} {mode}"
+
+
+_PROBE = "from tuner.hardware import best_bf16_mode; print(best_bf16_mode())"
 
 
 def _probe_in_child(code: str = _PROBE) -> str:
-    """Run `measure_bf16_speedup` in a child process: a CPU may list bf16 or AMX features whose
+    """Run `best_bf16_mode` in a child process: a CPU may list bf16 or AMX features whose
     instructions do not run (seen in a VM that lists amx_bf16: oneDNN's first bf16 product
     raised "could not create a primitive" or killed the process with SIGILL), and the child
     takes that crash instead of this process."""
@@ -99,19 +161,28 @@ def _probe_in_child(code: str = _PROBE) -> str:
     return done.stdout.strip()
 
 
-def _is_ratio(text: str) -> bool:
-    try:
-        return float(text) > 0
-    except ValueError:
-        return False
+_READING = re.compile(r"(?P<ratio>\d+(\.\d*)?|\.\d+)( (?P<mode>[a-z]+))?")
+
+
+def parse_reading(text: str) -> tuple[float, str] | None:
+    """(speed-up, mode) of a probe reading such as "1.43 matmul"; a bare ratio ("1.31", as
+    a user may set it to skip the probe) means autocast. None: unavailable, or not a reading."""
+    match = _READING.fullmatch(text.strip())
+    if match is None or float(match["ratio"]) <= 0:
+        return None
+    mode = match["mode"] or "autocast"
+    if mode not in BF16_MODES or (mode == "matmul" and not bf16_matmul_available()):
+        return None
+    return float(match["ratio"]), mode
 
 
 @functools.cache
 def cpu_bf16_reading() -> str:
-    """This CPU's bf16 training speed over fp32 ("1.31"), or "unavailable: why"; measured once
-    per process tree (the reading is passed to child processes in `PROBE_ENV`)."""
+    """This CPU's faster bf16 mode and its training speed over fp32 ("1.43 matmul"), or
+    "unavailable: why"; measured once per process tree (the reading is passed to child
+    processes in `PROBE_ENV`)."""
     reading = os.environ.get(PROBE_ENV, "")
-    if not (reading.startswith("unavailable") or _is_ratio(reading)):  # unset, or not ours
+    if not (reading.startswith("unavailable") or parse_reading(reading)):  # unset, or not ours
         if cpu_lists_bf16():
             reading = _probe_in_child()
         else:
@@ -121,17 +192,21 @@ def cpu_bf16_reading() -> str:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto` -> bf16 where a bf16 training step runs faster (CUDA with bf16; a CPU where the
-    probe measures at least `BF16_MIN_SPEEDUP`), else fp32. An explicit choice is kept, except
-    bf16 on a CPU that lists bf16 instructions the probe could not run: refused, naming
-    `training.precision`, instead of failing (or crashing) every trial."""
+    """The training step's arithmetic: `fp32`, `bf16` (autocast) or `bf16-matmul` (fp32
+    tensors, bf16 products; a CPU's faster mode, as the probe measured). `auto` -> bf16 where
+    a bf16 training step runs faster (CUDA with bf16; a CPU where the probe measures at least
+    `BF16_MIN_SPEEDUP`), else fp32. An explicit bf16 is kept, except on a CPU that lists bf16
+    instructions the probe could not run: refused, naming `training.precision`, instead of
+    failing (or crashing) every trial."""
     if device.type == "cuda":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if name == "auto" else name
     if name == "fp32":
         return name
     reading = cpu_bf16_reading()
-    if not reading.startswith("unavailable"):
-        return "bf16" if name == "bf16" or float(reading) >= BF16_MIN_SPEEDUP else "fp32"
+    parsed = parse_reading(reading)
+    if parsed is not None:
+        speedup, mode = parsed
+        return PRECISION_OF_MODE[mode] if name == "bf16" or speedup >= BF16_MIN_SPEEDUP else "fp32"
     if name == "bf16" and cpu_lists_bf16():
         raise SpecError(
             f"bf16 does not run on this CPU ({reading.removeprefix('unavailable: ')}); use auto "

@@ -21,7 +21,7 @@ from models.likelihoods import Likelihood, build_likelihood
 from models.losses import tile
 from tuner.datasets import Splits, load_splits
 from tuner.errors import SpecError
-from tuner.hardware import available_cores, resolve_precision
+from tuner.hardware import Bf16Matmul, available_cores, resolve_precision
 from tuner.kl_schedule import kl_weight
 from tuner.seeds import derive
 from tuner.spec import RunConfig
@@ -101,7 +101,7 @@ class TrainResult:
     likelihood: Likelihood
     device: torch.device
     num_parameters: int
-    precision: str  # of the training step, as resolved on this hardware (fp32 or bf16)
+    precision: str  # of the training step, as resolved here: fp32, bf16 or bf16-matmul
     history: list[EpochResult] = field(default_factory=list)
     resumed_from_epoch: int = 0  # last epoch restored from a checkpoint (0: fresh start)
 
@@ -325,6 +325,8 @@ def train(
     result = TrainResult(*kept, device, sum(p.numel() for p in params), precision)
     # bf16 for the networks' forward and backward only; the loss terms are computed in fp32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # ... or (a CPU's faster way) fp32 throughout, bf16 inputs inside the products only
+    bf16_products = Bf16Matmul(precision == "bf16-matmul")
 
     n, bs = len(x_train), config.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -359,25 +361,26 @@ def train(
         if dynamic:  # fresh binary images every epoch
             shuffled = torch.bernoulli(shuffled, generator=gen)
         loss_sum = torch.zeros((), device=device)
-        for start in range(0, n, bs):
-            if should_stop is not None and should_stop():
-                raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
-            xb = shuffled[start : start + bs]
-            yb = None if shuffled_y is None else shuffled_y[start : start + bs]
-            step += 1
-            weight = kl_weight(config, step, steps_per_epoch, config.epochs)
-            with autocast:
-                out = model(xb, gen, k, yb)  # k posterior samples per image (the IWAE bound's)
-            log_px = likelihood.log_prob(out.logits.float(), tile(xb, k)).view(k, len(xb))
-            loss = -training_bound(log_px, out.posterior, weight, free_bits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            optimizer.step()
-            if average is not None:
-                average.step()
-            loss_sum += loss.detach() * len(xb)
+        with bf16_products:
+            for start in range(0, n, bs):
+                if should_stop is not None and should_stop():
+                    raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
+                xb = shuffled[start : start + bs]
+                yb = None if shuffled_y is None else shuffled_y[start : start + bs]
+                step += 1
+                weight = kl_weight(config, step, steps_per_epoch, config.epochs)
+                with autocast:
+                    out = model(xb, gen, k, yb)  # k posterior samples per image (IWAE's k)
+                log_px = likelihood.log_prob(out.logits.float(), tile(xb, k)).view(k, len(xb))
+                loss = -training_bound(log_px, out.posterior, weight, free_bits)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                optimizer.step()
+                if average is not None:
+                    average.step()
+                loss_sum += loss.detach() * len(xb)
         if average is not None:
             average.flush()  # the epoch's last steps: the model validated is this epoch's
         rng = _rng_state(device)  # where training left the global RNGs: the next epoch's start
