@@ -132,6 +132,12 @@ def test_hopeless_learning_rates_are_pruned(cli, write_spec, db_url):
     assert all(t.params["lr"] < 1e-6 for t in pruned)
     assert all(t.user_attrs["stop_reason"].startswith("pruned after epoch") for t in pruned)
     assert any(t.state == TrialState.COMPLETE and t.params["lr"] == 1e-2 for t in trials)
+    # stopped early for its ELBO, a trial has no collapse verdict (its few active units say
+    # only that it stopped early); a completed one has one, and the summaries count only those
+    assert all("posterior_collapse" not in t.user_attrs for t in pruned)
+    assert all("active_units" in t.user_attrs for t in pruned)  # its diagnostics are kept
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(isinstance(t.user_attrs["posterior_collapse"], bool) for t in complete)
 
 
 def test_nan_config_is_recorded_with_reason_and_study_goes_on(cli, write_spec, db_url):

@@ -251,15 +251,19 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
     timing = time_summary(study)
     if timing is not None:
         typer.echo(timing)
-    finished = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
-    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in finished)
+    # judged: completed trials and those stopped for collapse (not those pruned for their ELBO)
+    judged = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
+    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in judged)
     if best.user_attrs.get("posterior_collapse"):
         typer.echo(
             "Warning: the best trial's posterior collapsed (no latent unit carries information: "
             "its decoder ignores z). Try a smaller beta, KL warm-up or free bits."
         )
-    elif finished and collapsed * 2 > len(finished):
-        typer.echo(f"Warning: {collapsed} of {len(finished)} trials collapsed (no active units).")
+    elif judged and collapsed * 2 > len(judged):
+        typer.echo(
+            f"Warning: {collapsed} of {len(judged)} trials collapsed (no active units; completed "
+            "trials and those stopped for collapse)."
+        )
     typer.echo(
         f"Export it: vae-tune export-best --study-name {shlex.quote(study.study_name)} "
         "--output best.yaml"

@@ -57,10 +57,15 @@ def _table(rows: list[tuple[object, ...]], head: tuple[str, ...]) -> str:
 def _outcomes(trials: list[FrozenTrial]) -> str:
     """Trials by state, how many collapsed, and why trials were pruned or failed."""
     states = Counter(t.state.name.lower() for t in trials)
-    finished = with_diagnostics(trials)
-    collapsed = sum(bool(t.user_attrs.get("posterior_collapse")) for t in finished)
+    judged = [t for t in with_diagnostics(trials) if "posterior_collapse" in t.user_attrs]
+    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in judged)
     rows: list[tuple[object, ...]] = [(s, n) for s, n in sorted(states.items())]
-    rows.append(("collapsed (no active units), of the finished", f"{collapsed} of {len(finished)}"))
+    rows.append(
+        (
+            "collapsed (no active units), of the completed or stopped for collapse",
+            f"{collapsed} of {len(judged)}",
+        )
+    )
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
     def reason(t: FrozenTrial) -> str | None:
