@@ -116,7 +116,7 @@ def bf16_way(precision: str):
         os.environ[PROBE_ENV] = f"{BF16_MIN_SPEEDUP} {modes[precision]}"
         cpu_bf16_reading.cache_clear()
     try:
-        yield "fp32" if precision == "fp32" else "bf16"
+        yield precision if precision in ("fp32", "auto") else "bf16"
     finally:
         if before is None:
             os.environ.pop(PROBE_ENV, None)
@@ -152,7 +152,7 @@ def project_run(
             ema_decay=ema_decay,
         )
         run = train(config, splits)
-    assert run.precision == precision, (run.precision, precision)
+    assert precision == "auto" or run.precision == precision, (run.precision, precision)
     return run
 
 
