@@ -30,7 +30,7 @@ from support import TINY_SPEC, free_port, get_json, merge, postgres_url
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.runner.budget import Tally
+from tuner.runner.budget import HOLD, START, Tally, next_step
 from tuner.runner.launcher import share_devices
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
@@ -295,6 +295,35 @@ def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
         if dashboard is not None:
             dashboard.popen.terminate()
             dashboard.wait(10)
+
+
+def test_next_step_holds_new_trials_until_one_has_completed():
+    """With a pruner that judges trials by a completed one, a worker waits while the first
+    trial runs; once one has completed (or nothing runs) it starts trials as usual."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("budget", {"target": 5})
+    first = study.ask()
+    assert next_step(study, study._storage)[0] == START  # no such pruner: never held
+    assert next_step(study, study._storage, hold_for_reference=True)[0] == HOLD
+    study.tell(first, state=TrialState.FAIL)  # nothing runs: the next trial starts alone
+    assert next_step(study, study._storage, hold_for_reference=True)[0] == START
+    study.tell(study.ask(), 1.0)
+    study.ask()
+    assert next_step(study, study._storage, hold_for_reference=True)[0] == START
+
+
+def test_the_first_trial_runs_alone_under_the_curve_pruner(tmp_path: Path):
+    """Two workers, the curve pruner: no trial starts before the first one has completed, so
+    none can finish unjudged (and mislead the sampler) beside it."""
+    url, name = f"sqlite:///{tmp_path / 's.db'}", "held"
+    spec = _spec(tmp_path, url, name, SLOW_CHANGES, {"pruner": {"name": "curve"}})
+    code, out = _run(tmp_path, "run", spec, "--workers", "2", "--n-trials", "4")
+    assert code == 0, out
+    trials = sorted(_study(url, name).trials, key=lambda t: t.datetime_start)
+    first_done = min(t.datetime_complete for t in trials if t.state == TrialState.COMPLETE)
+    assert trials[0].datetime_complete == first_done, out
+    assert all(t.datetime_start >= first_done for t in trials[1:]), out
+    assert "waiting for the first trial to finish" in out
 
 
 @pytest.mark.postgres

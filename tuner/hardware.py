@@ -38,7 +38,8 @@ _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # `auto` takes bf16 where a bf16 training step is at least this much faster than fp32
 BF16_MIN_SPEEDUP = 1.1
 # the probe's reading, handed down to worker processes so each machine is probed once per run:
-# a ratio such as "1.31", or "unavailable: why"
+# a speed-up and the faster mode, such as "1.39 matmul" (a bare ratio means autocast), or
+# "unavailable: why"
 PROBE_ENV = "VAE_TUNE_BF16_SPEEDUP"
 # how a CPU trains in bf16 (module docstring); a reading names the faster one, e.g. "1.43 matmul"
 BF16_MODES = ("autocast", "matmul")

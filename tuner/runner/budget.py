@@ -25,6 +25,7 @@ from tuner.storage import db_now
 DEFAULT_N_TRIALS = 20
 BUDGET_ATTR = "budget"
 START, WAIT, DONE = "start", "wait", "done"
+HOLD = "hold"  # the budget allows a trial, but the pruner has no finished trial to judge it by
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Tally:
     waiting: int
     retries_waiting: int
     finished: int  # COMPLETE + PRUNED
+    complete: int = 0
 
     @classmethod
     def of(cls, trials: Sequence[FrozenTrial]) -> Tally:
@@ -54,6 +56,7 @@ class Tally:
             waiting=states[TrialState.WAITING],
             retries_waiting=retries,
             finished=finished,
+            complete=states[TrialState.COMPLETE],
         )
 
 
@@ -120,8 +123,13 @@ def set_budget(
     return budget
 
 
-def next_step(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[str, Tally]:
-    """START a trial, WAIT for running ones (to take over if their worker dies) or be DONE."""
+def next_step(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, hold_for_reference: bool = False
+) -> tuple[str, Tally]:
+    """START a trial, WAIT for running ones (to take over if their worker dies) or be DONE.
+    With `hold_for_reference` (a pruner that judges trials by a completed one), HOLD while
+    trials run and none has completed: the first trial runs alone, so no trial can finish
+    before there is a curve to hold it to."""
     budget = study.user_attrs.get(BUDGET_ATTR) or {}
     tally = Tally.of(study.get_trials(deepcopy=False))
     deadline, target = budget.get("deadline"), budget.get("target")
@@ -132,4 +140,6 @@ def next_step(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tupl
     )
     if spent:
         return (WAIT if tally.running else DONE), tally
+    if hold_for_reference and tally.running and not tally.complete:
+        return HOLD, tally
     return START, tally
