@@ -214,7 +214,7 @@ class _Progress:
 
 
 def _summary(study: optuna.Study, started: float, ran: int) -> None:
-    from tuner.figures import validation_elbo
+    from tuner.figures import collapse_count, validation_elbo
     from tuner.study import baseline_summary, best_trial, counts, time_summary
 
     c = counts(study)
@@ -251,17 +251,15 @@ def _summary(study: optuna.Study, started: float, ran: int) -> None:
     timing = time_summary(study)
     if timing is not None:
         typer.echo(timing)
-    # judged: completed trials and those stopped for collapse (not those pruned for their ELBO)
-    judged = [t for t in study.get_trials(deepcopy=False) if "posterior_collapse" in t.user_attrs]
-    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in judged)
+    collapsed, judged = collapse_count(study.get_trials(deepcopy=False))
     if best.user_attrs.get("posterior_collapse"):
         typer.echo(
             "Warning: the best trial's posterior collapsed (no latent unit carries information: "
             "its decoder ignores z). Try a smaller beta, KL warm-up or free bits."
         )
-    elif judged and collapsed * 2 > len(judged):
+    elif judged and collapsed * 2 > judged:
         typer.echo(
-            f"Warning: {collapsed} of {len(judged)} trials collapsed (no active units; completed "
+            f"Warning: {collapsed} of {judged} trials collapsed (no active units; completed "
             "trials and those stopped for collapse)."
         )
     typer.echo(

@@ -37,6 +37,15 @@ def with_diagnostics(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in done and "val_kl" in t.user_attrs]
 
 
+def collapse_count(trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+    """(collapsed, judged): of the trials with a collapse verdict (completed ones and those
+    stopped for collapse; one pruned for its ELBO has none), how many collapsed."""
+    judged = [
+        t.user_attrs["posterior_collapse"] for t in trials if "posterior_collapse" in t.user_attrs
+    ]
+    return sum(map(bool, judged)), len(judged)
+
+
 def rate_distortion(trial: FrozenTrial) -> tuple[float, float]:
     return trial.user_attrs["val_kl"], -trial.user_attrs["val_recon"]
 

@@ -24,11 +24,11 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.artifacts import open_artifact_store
 from tuner.errors import UserError
 from tuner.figures import (
+    collapse_count,
     collapse_figure,
     learning_curves_figure,
     rate_distortion_figure,
     validation_elbo,
-    with_diagnostics,
 )
 from tuner.files import check_writable, write_atomic
 from tuner.storage import open_storage
@@ -57,13 +57,12 @@ def _table(rows: list[tuple[object, ...]], head: tuple[str, ...]) -> str:
 def _outcomes(trials: list[FrozenTrial]) -> str:
     """Trials by state, how many collapsed, and why trials were pruned or failed."""
     states = Counter(t.state.name.lower() for t in trials)
-    judged = [t for t in with_diagnostics(trials) if "posterior_collapse" in t.user_attrs]
-    collapsed = sum(bool(t.user_attrs["posterior_collapse"]) for t in judged)
+    collapsed, judged = collapse_count(trials)
     rows: list[tuple[object, ...]] = [(s, n) for s, n in sorted(states.items())]
     rows.append(
         (
             "collapsed (no active units), of the completed or stopped for collapse",
-            f"{collapsed} of {len(judged)}",
+            f"{collapsed} of {judged}",
         )
     )
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}

@@ -37,7 +37,7 @@ class Tally:
     waiting: int
     retries_waiting: int
     finished: int  # COMPLETE + PRUNED
-    complete: int = 0
+    complete: int  # COMPLETE alone: a curve the pruner can judge by
 
     @classmethod
     def of(cls, trials: Sequence[FrozenTrial]) -> Tally:
