@@ -47,14 +47,20 @@ def test_a_reading_that_is_not_the_probes_is_measured_again(reading):
     assert measured.startswith("unavailable") or hardware.parse_reading(measured) is not None
 
 
+def _tiny(**changes) -> RunConfig:
+    """A small MLP on 300 digits, one thread: seconds to train."""
+    base = {
+        "dataset": DatasetSpec(name="digits", subset=300),
+        "model": {"architecture": "mlp", "latent_dim": 4, "hidden_dim": 32},
+        "epochs": 1,
+        "device": "cpu",
+        "threads": 1,
+    }
+    return RunConfig(**{**base, **changes})
+
+
 def test_a_trial_trains_and_records_the_precision_auto_chose(reading):
-    config = RunConfig(
-        dataset=DatasetSpec(name="digits", subset=200),
-        model={"architecture": "mlp", "latent_dim": 4, "hidden_dim": 32},
-        epochs=1,
-        device="cpu",
-        threads=1,
-    )
+    config = _tiny()
     reading("0.58")
     assert train(config).precision == "fp32"
     reading("1.40")
@@ -125,14 +131,7 @@ def test_bf16_matmul_trains_and_validates_in_fp32(reading):
     same value an fp32 evaluation of the kept model gives after training."""
     if not hardware.bf16_matmul_available():
         pytest.skip("this torch has no oneDNN bf16-product mode (torch < 2.9)")
-    config = RunConfig(
-        dataset=DatasetSpec(name="digits", subset=300),
-        model={"architecture": "mlp", "latent_dim": 4, "hidden_dim": 32},
-        epochs=2,
-        device="cpu",
-        threads=1,
-        precision="bf16",
-    )
+    config = _tiny(epochs=2, precision="bf16")
     reading("1.43 matmul")
     splits = load_splits(config.dataset, config.data_seed)
     run = train(config, splits)
