@@ -41,7 +41,7 @@ BF16_MIN_SPEEDUP = 1.1
 # a speed-up and the faster mode, such as "1.39 matmul" (a bare ratio means autocast), or
 # "unavailable: why"
 PROBE_ENV = "VAE_TUNE_BF16_SPEEDUP"
-# how a CPU trains in bf16 (module docstring); a reading names the faster one, e.g. "1.43 matmul"
+# how a CPU trains in bf16 (module docstring)
 BF16_MODES = ("autocast", "matmul")
 # what each mode's resolved precision is called (recorded on every trial)
 PRECISION_OF_MODE = {"autocast": "bf16", "matmul": "bf16-matmul"}
