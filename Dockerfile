@@ -16,9 +16,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /opt/vae-tune
 COPY pyproject.toml README.md ./
-COPY tuner ./tuner
-COPY models ./models
-COPY studies ./studies
+COPY vae_tune ./vae_tune
 RUN pip install ".[postgres]"
 
 # an unprivileged user; /artifacts becomes the shared named volume (it inherits this owner)

@@ -1,7 +1,7 @@
 """vae-tune's side of bench/vs_plain_optuna.py on two checkouts of this repository, seed by
 seed in turn: what a change of defaults does to the study, without rerunning the plain script.
 
-Each arm runs `python -m tuner.cli run` on `studies/vs-plain-optuna.yaml` with PYTHONPATH at
+Each arm runs `python -m vae_tune run` on `studies/vs-plain-optuna.yaml` with PYTHONPATH at
 its checkout (its worker processes too), so both use this environment's packages. Per seed and
 arm it prints the best validation ELBO, the wall time, the epochs trained, when the study first
 completed a trial at `--target` or better, and how many trials drew a latent size of 4 or less
@@ -27,7 +27,7 @@ import optuna
 import yaml
 from vs_plain_optuna import SPEC, summary
 
-from tuner.spec import load_spec
+from vae_tune.tuning.spec import load_spec
 
 
 def run_arm(root: Path, data_dir: str, subset: int | None, seed: int, target: float) -> dict:
@@ -39,7 +39,7 @@ def run_arm(root: Path, data_dir: str, subset: int | None, seed: int, target: fl
         (Path(tmp) / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
         env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
         env["PYTHONPATH"] = str(root)
-        cmd = [sys.executable, "-m", "tuner.cli", "run", "spec.yaml"]
+        cmd = [sys.executable, "-m", "vae_tune", "run", "spec.yaml"]
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started

@@ -35,7 +35,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.storage import unreachable
+from vae_tune.tuning.storage import unreachable
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 PG_URL = os.environ.get(

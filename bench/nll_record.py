@@ -4,7 +4,8 @@ Burda et al. 2016 (Importance Weighted Autoencoders), Table 1, one stochastic la
 784-200-200-50 (tanh), dynamically binarized MNIST, Adam at lr 0.001 * 10^(-i/7) for 3^i
 epochs, i = 0..7 (3,280 epochs; `lr_schedule: iwae`), batch 20, test NLL estimated with k = 5000
 importance samples: VAE 86.76, IWAE (k = 50) 84.78 nats. Here the same model trains through
-`tuner.train.train` (one RunConfig) and the test NLL is `tuner.diagnostics.iw_nll`, at the
+`vae_tune.training.trainer.train` (one RunConfig) and the test NLL is
+`vae_tune.training.diagnostics.iw_nll`, at the
 epoch counts of --epochs-list, continuing one run. Differences from the paper: Adam's epsilon
 is PyTorch's 1e-8 (theirs 1e-4), weights start from PyTorch's default initialization (theirs:
 Glorot & Bengio's heuristic), 1,000 training images are held out for the validation ELBO every
@@ -21,11 +22,11 @@ import argparse
 import time
 from typing import Any
 
-from tuner.datasets import load_splits
-from tuner.diagnostics import iw_nll
-from tuner.seeds import derive
-from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig, read_yaml, validate
-from tuner.train import TrainResult, eval_targets, evaluate, train
+from vae_tune.data import load_splits
+from vae_tune.seeds import derive
+from vae_tune.training.config import DatasetSpec, LikelihoodSpec, RunConfig, read_yaml, validate
+from vae_tune.training.diagnostics import iw_nll
+from vae_tune.training.trainer import TrainResult, eval_targets, evaluate, train
 
 PUBLISHED = {1: 86.76, 50: 84.78}  # objective_k -> Burda et al. 2016, Table 1, 3,280 epochs
 BURDA_ONE_LAYER = {
@@ -58,7 +59,7 @@ def burda_config(
 
 def from_file(path: str, data_dir: str, epochs: int, device: str, threads: int) -> RunConfig:
     """A run config (e.g. from `vae-tune export-best`), trained for `epochs` on `data_dir`."""
-    data, _ = read_yaml(path, shipped=False)
+    data, _ = read_yaml(path)
     data.pop("source", None)
     data["dataset"] = {**data.get("dataset", {}), "data_dir": data_dir}
     data.update(epochs=epochs, device=device, threads=threads)

@@ -22,8 +22,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.objective import SECONDS_ATTR, TIME_PARTS
-from tuner.spec import load_spec
+from vae_tune.tuning.objective import TIME_PARTS
+from vae_tune.tuning.record import read
+from vae_tune.tuning.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("vae-tune"))
@@ -33,7 +34,8 @@ TARGET_S = 0.2
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("spec", nargs="?", default=str(ROOT / "studies" / "quickstart.yaml"))
+    quickstart = ROOT / "vae_tune" / "studies" / "quickstart.yaml"
+    ap.add_argument("spec", nargs="?", default=str(quickstart))
     ap.add_argument("--workers", default="auto")
     args = ap.parse_args()
     spec = load_spec(Path(args.spec))
@@ -44,11 +46,11 @@ def main() -> None:
         subprocess.run(cmd, check=True, cwd=tmp, stdout=subprocess.DEVNULL)
         study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
         states = (TrialState.COMPLETE, TrialState.PRUNED)
-        trials = [t for t in study.get_trials(states=states) if SECONDS_ATTR in t.user_attrs]
+        trials = [t for t in study.get_trials(states=states) if read(t).seconds is not None]
     rows = {
-        "complete": [t.user_attrs[SECONDS_ATTR] for t in trials if t.state == TrialState.COMPLETE],
-        "pruned": [t.user_attrs[SECONDS_ATTR] for t in trials if t.state == TrialState.PRUNED],
-        "all": [t.user_attrs[SECONDS_ATTR] for t in trials],
+        "complete": [read(t).seconds for t in trials if t.state == TrialState.COMPLETE],
+        "pruned": [read(t).seconds for t in trials if t.state == TrialState.PRUNED],
+        "all": [read(t).seconds for t in trials],
     }
     print(f"{spec.study_name}: {len(trials)} trials, --workers {args.workers}")
     print(f"{'median s per trial':22}" + "".join(f"{p:>11}" for p in ("trial", *PARTS)))

@@ -17,9 +17,9 @@ import statistics
 import torch
 from throughput import bf16_way
 
-from tuner.datasets import Splits
-from tuner.spec import RunConfig
-from tuner.train import train
+from vae_tune.data import Splits
+from vae_tune.training.config import RunConfig
+from vae_tune.training.trainer import train
 
 MODELS = {
     "mlp 784-400-20": {"architecture": "mlp", "latent_dim": 20, "hidden_dim": 400},

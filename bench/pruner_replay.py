@@ -28,11 +28,11 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.curve_pruner import LearningCurvePruner
-from tuner.spec import load_spec
+from vae_tune.tuning.curve_pruner import LearningCurvePruner
+from vae_tune.tuning.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "studies" / "vs-plain-optuna.yaml"
+SPEC = ROOT / "vae_tune" / "studies" / "vs-plain-optuna.yaml"
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 # one trial: (seconds per epoch, validation ELBO per epoch, final value)
 Trial = tuple[float, dict[int, float], float]

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from tuner.datasets import load_splits
-from tuner.diagnostics import iw_nll
-from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig
-from tuner.train import eval_targets, evaluate, train
+from vae_tune.data import load_splits
+from vae_tune.training.config import DatasetSpec, LikelihoodSpec, RunConfig
+from vae_tune.training.diagnostics import iw_nll
+from vae_tune.training.trainer import eval_targets, evaluate, train
 
 
 def run(data_dir: str, binarize: str, epochs: int, device: str, precision: str = "fp32"):

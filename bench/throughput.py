@@ -36,11 +36,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from models import build_model
-from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
-from tuner.datasets import Splits
-from tuner.errors import SpecError
-from tuner.hardware import (
+from vae_tune.data import Splits
+from vae_tune.errors import SpecError
+from vae_tune.models import build_model
+from vae_tune.models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
+from vae_tune.training.config import RunConfig
+from vae_tune.training.hardware import (
     BF16_MIN_SPEEDUP,
     PRECISION_OF_MODE,
     PROBE_ENV,
@@ -50,8 +51,7 @@ from tuner.hardware import (
     cpu_lists_bf16,
     resolve_precision,
 )
-from tuner.spec import RunConfig
-from tuner.train import resolve_device, set_threads, train
+from vae_tune.training.trainer import resolve_device, set_threads, train
 
 MODEL = {"architecture": "mlp", "latent_dim": 20, "hidden_dim": 400, "depth": 1}
 

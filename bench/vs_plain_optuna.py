@@ -36,12 +36,12 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tuner.datasets import load_splits
-from tuner.spec import load_spec
-from tuner.study import baseline_trial
+from vae_tune.data import load_splits
+from vae_tune.tuning.spec import load_spec
+from vae_tune.tuning.study import baseline_trial
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "studies" / "vs-plain-optuna.yaml"
+SPEC = ROOT / "vae_tune" / "studies" / "vs-plain-optuna.yaml"
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 
 

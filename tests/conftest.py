@@ -12,8 +12,8 @@ import yaml
 from support import TINY_SPEC, merge
 from typer.testing import CliRunner
 
-from tuner import hardware
-from tuner.cli import app
+from vae_tune.cli import app
+from vae_tune.training import hardware
 
 # The bf16 probe runs once, here, and CLI subprocesses inherit its reading. A CPU may list AMX
 # that its host does not enable (oneDNN then fails on bf16): the bf16 tests check numerics, not

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tuner.storage import unreachable
+from vae_tune.tuning.storage import unreachable
 
 PG_URL = os.environ.get(
     "VAE_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -123,7 +123,7 @@ def train_run_dir(folder: Path, **changes: Any) -> Path:
     `changes` to its run config; returns the run directory."""
     from typer.testing import CliRunner
 
-    from tuner.cli import app
+    from vae_tune.cli import app
 
     config = {
         "dataset": {"name": "digits"},

@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tuner.spec import Param, SearchSpace
-from tuner.warm_start import baseline_point
+from vae_tune.tuning.spec import Param, SearchSpace
+from vae_tune.tuning.warm_start import baseline_point
 
 
 def _trials(db_url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:

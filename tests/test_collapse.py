@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import VAE
-from models.likelihoods import Bernoulli
-from tuner.train import evaluate
+from vae_tune.models.base import VAE
+from vae_tune.models.likelihoods import Bernoulli
+from vae_tune.training.trainer import evaluate
 
 
 class _Fixed(VAE):

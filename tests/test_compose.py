@@ -17,7 +17,7 @@ import pytest
 import typer
 import yaml
 
-from tuner.cli import app
+from vae_tune.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.gpu.yml"]
@@ -52,7 +52,7 @@ def code_env_vars() -> set[str]:
             if envvar:
                 found.update([envvar] if isinstance(envvar, str) else envvar)
     pattern = re.compile(r"os\.environ(?:\.get\(|\[)\s*['\"]([A-Z0-9_]+)['\"]")
-    for path in (ROOT / "tuner").rglob("*.py"):
+    for path in (ROOT / "vae_tune").rglob("*.py"):
         found.update(pattern.findall(path.read_text()))
     return found
 

@@ -17,11 +17,12 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from support import train_run_dir
 
-from models import build_model
-from tuner.dashboard_views import note_markdown
-from tuner.datasets import load_splits
-from tuner.spec import DatasetSpec, RunConfig
-from tuner.train import train
+from vae_tune.data import load_splits
+from vae_tune.models import build_model
+from vae_tune.training.config import DatasetSpec, RunConfig
+from vae_tune.training.trainer import train
+from vae_tune.tuning.notes import note_markdown
+from vae_tune.tuning.record import read
 
 KNOBS = {
     "mlp": {"hidden_dim": 16},
@@ -96,7 +97,7 @@ def test_the_label_is_information_the_elbo_uses(trained):
     plain = train(config.model_copy(update={"model": {**CONDITIONAL_MLP, "conditional": False}}))
     assert run.final.val.elbo > plain.final.val.elbo + 1.0
 
-    from tuner.train import eval_targets, evaluate
+    from vae_tune.training.trainer import eval_targets, evaluate
 
     x_val = eval_targets(config, splits.val, 1)
     right = evaluate(run.model, run.likelihood, x_val, 1024, 0, splits.val_labels)
@@ -218,7 +219,7 @@ def test_a_study_searches_conditioning_and_export_best_retrains_it(
     assert seen == {False, True}, seen
     for t in done:
         assert ("conditional_classes" in t.user_attrs) == t.params["conditional"]
-        note = note_markdown(t.number, "complete", t.user_attrs)
+        note = note_markdown(t.number, "complete", read(t))
         assert ("the ELBO bounds log p(x\\|y)" in note) == t.params["conditional"]
         assert t.user_attrs["config"]["model"]["conditional"] == t.params["conditional"]
     best = next(t for t in done if t.params["conditional"])

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.curve_pruner import LearningCurvePruner
+from vae_tune.tuning.curve_pruner import LearningCurvePruner
 
 # a finished trial's curve: validation ELBO per epoch, gaining 10 nats after epoch 1
 FINISHED = {1: -120.0, 2: -114.0, 3: -111.0, 4: -110.0}

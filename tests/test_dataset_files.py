@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.datasets import mnist_family
-from tuner.datasets.arrays import load_array
-from tuner.datasets.download import cache_dir, fetch, file_md5
-from tuner.datasets.idx import read_idx
-from tuner.datasets.mnist_family import (
+from vae_tune.data import mnist_family
+from vae_tune.data.arrays import load_array
+from vae_tune.data.download import cache_dir, fetch, file_md5
+from vae_tune.data.idx import read_idx
+from vae_tune.data.mnist_family import (
     DATASETS,
     MNIST_RAW_MD5,
     TEST_IMAGES,
@@ -31,7 +31,7 @@ from tuner.datasets.mnist_family import (
     TRAIN_LABELS,
     load_mnist_family,
 )
-from tuner.errors import DataError
+from vae_tune.errors import DataError
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
@@ -513,8 +513,8 @@ def test_array_missing_and_unreadable(tmp_path):
 
 
 def test_array_labels_follow_their_images_through_the_split(tmp_path):
-    from tuner.datasets import load_splits
-    from tuner.spec import DatasetSpec
+    from vae_tune.data import load_splits
+    from vae_tune.training.config import DatasetSpec
 
     n = 40
     images = np.zeros((n, 3, 3), dtype=np.uint8)
@@ -547,7 +547,7 @@ def test_array_labels_follow_their_images_through_the_split(tmp_path):
     ids=["short", "2d", "float", "negative"],
 )
 def test_bad_array_labels_are_refused(tmp_path, labels, expect):
-    from tuner.datasets.arrays import load_labels
+    from vae_tune.data.arrays import load_labels
 
     np.savez(tmp_path / "d.npz", images=np.zeros((40, 3, 3)), labels=labels)
     with pytest.raises(DataError, match=expect):
@@ -555,16 +555,16 @@ def test_bad_array_labels_are_refused(tmp_path, labels, expect):
 
 
 def test_labels_key_is_for_arrays_only():
-    from tuner.errors import SpecError
-    from tuner.spec import DatasetSpec, validate
+    from vae_tune.errors import SpecError
+    from vae_tune.training.config import DatasetSpec, validate
 
     with pytest.raises(SpecError, match="labels_key"):
         validate(DatasetSpec, {"name": "digits", "labels_key": "y"}, "test")
 
 
 def test_digits_and_idx_files_come_with_labels(tmp_path):
-    from tuner.datasets import load_splits
-    from tuner.spec import DatasetSpec
+    from vae_tune.data import load_splits
+    from vae_tune.training.config import DatasetSpec
 
     digits = load_splits(DatasetSpec(name="digits", subset=100), seed=0)
     assert len(digits.train_labels) == 100 and len(digits.test_labels) == len(digits.test)

@@ -61,7 +61,7 @@ def test_report_escapes_a_script_in_the_study_name(cli, write_spec, db_url, tmp_
     ],
 )
 def test_every_credential_of_a_url_is_masked(url):
-    from tuner.storage import mask_url, redact
+    from vae_tune.tuning.storage import mask_url, redact
 
     assert "s3cret" not in mask_url(url) and "***" in mask_url(url)
     assert redact(f"failed for {url}: s3cret", url).count("s3cret") == 0

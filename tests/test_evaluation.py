@@ -13,8 +13,8 @@ from scipy import linalg
 from support import train_run_dir
 from typer.testing import CliRunner
 
-from tuner.cli import app
-from tuner.frechet import frechet_distance
+from vae_tune.cli import app
+from vae_tune.runs.frechet import frechet_distance
 
 
 @pytest.fixture(scope="module")

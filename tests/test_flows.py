@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from models import build_model
-from models.flows import IAFStep, PlanarStep, build_flow
-from models.likelihoods import Bernoulli
-from models.losses import log_normal, log_standard_normal, reparameterize, tile
-from tuner.datasets import load_splits
-from tuner.diagnostics import iw_nll
-from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig
-from tuner.train import evaluate, train
+from vae_tune.data import load_splits
+from vae_tune.models import build_model
+from vae_tune.models.flows import IAFStep, PlanarStep, build_flow
+from vae_tune.models.likelihoods import Bernoulli
+from vae_tune.models.losses import log_normal, log_standard_normal, reparameterize, tile
+from vae_tune.training.config import DatasetSpec, LikelihoodSpec, RunConfig
+from vae_tune.training.diagnostics import iw_nll
+from vae_tune.training.trainer import evaluate, train
 
 TINY = DatasetSpec(name="digits", subset=200)
 

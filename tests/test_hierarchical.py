@@ -10,11 +10,11 @@ import pytest
 import torch
 from optuna.artifacts import get_all_artifact_meta
 
-from models import build_model
-from models.likelihoods import Bernoulli
-from models.losses import log_normal, log_standard_normal
-from tuner.diagnostics import iw_nll
-from tuner.storage import open_storage
+from vae_tune.models import build_model
+from vae_tune.models.likelihoods import Bernoulli
+from vae_tune.models.losses import log_normal, log_standard_normal
+from vae_tune.training.diagnostics import iw_nll
+from vae_tune.tuning.storage import open_storage
 
 TWO_LAYERS = {"architecture": "hierarchical", "latent_dim": 1, "z2_dim": 1, "hidden_dim": 8,
               "z2_hidden_dim": 8, "depth": 1}  # fmt: skip

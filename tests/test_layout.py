@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("tuner", "models")
+PACKAGES = ("vae_tune",)
 
 
 def _modules() -> dict[str, Path]:
@@ -71,10 +71,48 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+# the layers, lowest first: a module imports from its own layer or those below it only
+LAYERS = (
+    ("version", "errors", "defaults", "seeds", "files", "studies"),
+    ("models",),
+    ("data",),
+    ("training",),
+    ("runs",),
+    ("tuning",),
+    ("runner",),
+    ("reporting",),
+    ("api",),
+    ("cli", "__main__"),
+)
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # the package itself: its names load lazily
+    return next((i for i, names in enumerate(LAYERS) if parts[1] in names), None)
+
+
+def test_layers_import_downward_only():
+    """models -> data -> training -> runs -> tuning -> runner -> reporting -> api -> cli; the
+    folders of vae_tune are the layers."""
+    upward = []
+    for m, targets in _graph().items():
+        if m == "vae_tune":
+            continue  # the package: its public names load lazily from their layers
+        here = _layer(m)
+        assert here is not None, f"{m} is in no layer: add its folder to LAYERS"
+        for target in targets:
+            there = _layer(target)
+            if there is not None and there > here and target != "vae_tune":
+                upward.append(f"{m} -> {target}")
+    assert not upward, upward
+
+
 def test_project_modules_are_imported_at_the_top_outside_the_cli():
     local = []
     for m, f in _modules().items():
-        if m == "tuner.cli":
+        if m == "vae_tune.cli":
             continue
         tree = ast.parse(f.read_text())
         for fn in ast.walk(tree):
@@ -89,9 +127,9 @@ def test_project_modules_are_imported_at_the_top_outside_the_cli():
 NEW_MODEL = r"""
 import sys
 from pydantic import Field
-from models.config import ModelConfig
-from models.mlp import MLPConfig, MLPVAE
-from models import registry
+from vae_tune.models.config import ModelConfig
+from vae_tune.models.mlp import MLPConfig, MLPVAE
+from vae_tune.models import registry
 
 
 class TinyConfig(ModelConfig):
@@ -105,10 +143,11 @@ class TinyVAE(MLPVAE):
                                    depth=config.n_layers), image_shape, classes)
 
 
-registry.REGISTRY["tiny_mlp"] = (TinyVAE, TinyConfig)  # an architecture with "_" in its name
+registry.register("tiny_mlp", TinyVAE, TinyConfig)  # an architecture with "_" in its name
 
-from tuner.runner.launcher import run_study  # noqa: E402
-from tuner.spec import validate, StudySpec  # noqa: E402
+from vae_tune.runner.launcher import run_study  # noqa: E402
+from vae_tune.training.config import validate
+from vae_tune.tuning.spec import StudySpec  # noqa: E402
 
 spec = validate(StudySpec, {
     "study_name": "new-model", "storage": sys.argv[1],

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models import architectures, build_model
-from models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
+from vae_tune.models import architectures, build_model
+from vae_tune.models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 
 
 @pytest.mark.parametrize("arch", architectures())

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner import hardware
-from tuner.datasets import load_splits
-from tuner.hardware import PROBE_ENV, resolve_precision
-from tuner.seeds import derive
-from tuner.spec import DatasetSpec, RunConfig
-from tuner.train import eval_targets, evaluate, train
+from vae_tune.data import load_splits
+from vae_tune.seeds import derive
+from vae_tune.training import hardware
+from vae_tune.training.config import DatasetSpec, RunConfig
+from vae_tune.training.hardware import PROBE_ENV, resolve_precision
+from vae_tune.training.trainer import eval_targets, evaluate, train
 
 CPU = torch.device("cpu")
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from models import build_model
-from tuner.kl_schedule import kl_weight
-from tuner.spec import DatasetSpec, RunConfig, TrainingKnobs
-from tuner.train import iwae_lr_factor, train
+from vae_tune.models import build_model
+from vae_tune.training.config import DatasetSpec, RunConfig, TrainingKnobs
+from vae_tune.training.kl_schedule import kl_weight
+from vae_tune.training.trainer import iwae_lr_factor, train
 
 TINY = DatasetSpec(name="digits", subset=200)  # batch 64: 4 steps an epoch
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import browse
 
-from tuner.figures import pareto_front
+from vae_tune.reporting.figures import pareto_front
 
 
 @pytest.fixture

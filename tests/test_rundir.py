@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from tuner.datasets import load_splits
-from tuner.errors import UserError
-from tuner.files import write_dir_atomic
-from tuner.rundir import open_run
-from tuner.saved_model import load_model
-from tuner.train import score_test_split
+from vae_tune.data import load_splits
+from vae_tune.errors import UserError
+from vae_tune.files import write_dir_atomic
+from vae_tune.runs.rundir import open_run
+from vae_tune.runs.saved_model import load_model
+from vae_tune.training.trainer import score_test_split
 
 RUN_CONFIG = {
     "dataset": {"name": "digits", "subset": 300},
@@ -43,7 +43,7 @@ def write_config(folder: Path, **changes) -> Path:
 def run_dir(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
-    from tuner.cli import app
+    from vae_tune.cli import app
 
     folder = tmp_path_factory.mktemp("run")
     out = folder / "runs" / "best"  # the parent is made
@@ -122,7 +122,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from tuner.files import write_dir_atomic
+from vae_tune.files import write_dir_atomic
 with write_dir_atomic(Path(sys.argv[1])) as tmp:
     (tmp / "model.pt").write_bytes(b"half a model")
     print("writing", flush=True)

@@ -115,7 +115,7 @@ def test_every_picture_has_the_right_grid(cli, tmp_path, architecture, likelihoo
 def digits_run(tmp_path_factory):
     from typer.testing import CliRunner
 
-    from tuner.cli import app
+    from vae_tune.cli import app
 
     runner = CliRunner()
     folder = tmp_path_factory.mktemp("digits")

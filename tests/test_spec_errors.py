@@ -86,8 +86,8 @@ def test_invalid_yaml_is_a_clear_error(cli, tmp_path: Path):
 
 
 def test_shipped_specs_validate_and_enumerate_a_grid():
-    from tuner.search_space import grid_points
-    from tuner.spec import load_spec, shipped_specs
+    from vae_tune.tuning.search_space import grid_points
+    from vae_tune.tuning.spec import load_spec, shipped_specs
 
     assert "quickstart" in shipped_specs()
     for name in shipped_specs():

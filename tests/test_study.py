@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tuner.samplers import PRUNERS
+from vae_tune.tuning.samplers import PRUNERS
 
 
 def _load(db_url: str, name: str = "tiny") -> optuna.Study:
@@ -277,7 +277,7 @@ def test_report_draws_plotly_html(cli, write_spec, db_url, tmp_path: Path):
 
 
 def test_passwords_are_masked(cli):
-    from tuner.storage import mask_url
+    from vae_tune.tuning.storage import mask_url
 
     url = "postgresql+psycopg://user:s3cret@127.0.0.1:1/db"
     assert "s3cret" not in mask_url(url) and "***" in mask_url(url)

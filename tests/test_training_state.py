@@ -9,17 +9,18 @@ import optuna
 import pytest
 import torch
 
-import tuner.datasets as datasets
-import tuner.objective
-import tuner.search_space
-import tuner.seeds
-import tuner.train
-from tuner.datasets import load_splits
-from tuner.objective import Objective
-from tuner.search_space import TOP_LEVEL, run_config
-from tuner.seeds import derive
-from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig, StudySpec
-from tuner.train import TrainingInterrupted, TrainResult, train
+import vae_tune.data as datasets
+import vae_tune.seeds
+import vae_tune.training.trainer
+import vae_tune.tuning.objective
+import vae_tune.tuning.search_space
+from vae_tune.data import load_splits
+from vae_tune.seeds import derive
+from vae_tune.training.config import DatasetSpec, LikelihoodSpec, RunConfig
+from vae_tune.training.trainer import TrainingInterrupted, TrainResult, train
+from vae_tune.tuning.objective import Objective
+from vae_tune.tuning.search_space import TOP_LEVEL, run_config
+from vae_tune.tuning.spec import StudySpec
 
 TINY = DatasetSpec(name="digits", subset=200)  # 200 images, batch 64: 4 batches an epoch
 MODELS = {
@@ -64,8 +65,8 @@ def _config(architecture: str = "mlp", dropout: float = 0.3, **kw: Any) -> RunCo
 
 
 class MemoryCheckpoints:
-    """`tuner.train.Checkpoints` in memory, serialized the way TrialCheckpoints stores them
-    (torch.save, read back with weights_only=True)."""
+    """`vae_tune.training.trainer.Checkpoints` in memory, serialized the way TrialCheckpoints
+    stores them (torch.save, read back with weights_only=True)."""
 
     def __init__(self) -> None:
         self.blob: bytes | None = None
@@ -230,7 +231,13 @@ def test_each_random_stream_has_its_own_seed(monkeypatch):
         calls[(seed, purpose, *ids)] = value = derive(seed, purpose, *ids)
         return value
 
-    for module in (tuner.seeds, tuner.train, tuner.objective, tuner.search_space, datasets):
+    for module in (
+        vae_tune.seeds,
+        vae_tune.training.trainer,
+        vae_tune.tuning.objective,
+        vae_tune.tuning.search_space,
+        datasets,
+    ):
         monkeypatch.setattr(module, "derive", spy)
     spec = _spec(4, iw_samples=5, iw_examples=20)
     splits = load_splits(spec.dataset, spec.seed)

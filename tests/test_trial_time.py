@@ -10,8 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.objective import SECONDS_ATTR, TIME_PARTS
-from tuner.study import time_summary
+from vae_tune.tuning.objective import TIME_PARTS
+from vae_tune.tuning.record import read
+from vae_tune.tuning.study import time_summary
 
 PARTS = tuple(TIME_PARTS)
 
@@ -28,7 +29,7 @@ def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url, tmp_pat
     trials = _timed(db_url)
     assert len(trials) == 2
     for t in trials:
-        s = t.user_attrs[SECONDS_ATTR]
+        s = read(t).seconds
         assert set(s) == {"trial", *PARTS}
         assert s["train"] > 0 and s["validation"] > 0 and s["iw_nll"] > 0 and s["pictures"] > 0
         assert sum(s[p] for p in PARTS) == pytest.approx(s["trial"], abs=1e-3)
@@ -59,7 +60,7 @@ def test_a_pruned_trial_is_timed_too_and_pays_no_diagnostics(cli, write_spec, db
     pruned = [t for t in _timed(db_url) if t.state == TrialState.PRUNED]
     assert pruned, "no trial was pruned: the test shows nothing"
     for t in pruned:
-        s = t.user_attrs[SECONDS_ATTR]
+        s = read(t).seconds
         assert s["train"] > 0 and s["iw_nll"] == 0 and s["pictures"] == 0
 
 

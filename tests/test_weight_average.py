@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from tuner.datasets import load_splits
-from tuner.seeds import derive
-from tuner.spec import RunConfig
-from tuner.train import eval_targets, evaluate, train
-from tuner.weight_average import decay_at
+from vae_tune.data import load_splits
+from vae_tune.seeds import derive
+from vae_tune.training.config import RunConfig
+from vae_tune.training.trainer import eval_targets, evaluate, train
+from vae_tune.training.weight_average import decay_at
 
 TINY = {"name": "digits", "subset": 300}
 

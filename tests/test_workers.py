@@ -29,9 +29,9 @@ from optuna.trial import TrialState
 from support import TINY_SPEC, free_port, get_json, merge, postgres_url
 from typer.testing import CliRunner
 
-from tuner.cli import app
-from tuner.runner.budget import HOLD, START, Tally, next_step
-from tuner.runner.launcher import share_devices
+from vae_tune.cli import app
+from vae_tune.runner.budget import HOLD, START, Tally, next_step
+from vae_tune.runner.launcher import share_devices
 
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
@@ -158,7 +158,7 @@ def _states(study: optuna.Study) -> Counter:
 
 
 def test_threads_are_split_between_workers():
-    from tuner.runner.launcher import split_threads
+    from vae_tune.runner.launcher import split_threads
 
     assert split_threads(4, cores=16) == 4
     assert split_threads(3, cores=16) == 5
@@ -198,8 +198,8 @@ def test_retry_resumes_the_newest_checkpoint_of_its_history(tmp_path: Path):
     """The checkpoint lookup of a retried trial, step by step, without processes."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from tuner.checkpoint import TrialCheckpoints, discard, seed_number
-    from tuner.storage import retry_callback
+    from vae_tune.tuning.checkpoint import TrialCheckpoints, discard, seed_number
+    from vae_tune.tuning.storage import retry_callback
 
     (tmp_path / "art").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "art"))
@@ -432,7 +432,7 @@ def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay
 def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     """A worker whose heartbeats were late finds its trial failed and retried by another: it
     stops that trial at the next epoch and goes on (here it runs the retry itself)."""
-    from tuner.storage import StudyLock, retry_callback
+    from vae_tune.tuning.storage import StudyLock, retry_callback
 
     url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
@@ -504,7 +504,7 @@ def _worker_cmdlines(name: str) -> list[str]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "tuner.cli worker" in cmd and name in cmd:
+        if "vae_tune.cli import main; main() worker" in cmd and name in cmd:
             found.append(cmd)
     return found
 
@@ -512,7 +512,7 @@ def _worker_cmdlines(name: str) -> list[str]:
 def test_run_picks_one_single_threaded_worker_per_core_by_default(tmp_path: Path, monkeypatch):
     """`--workers auto` (the default): on a CPU one worker per core, one torch thread each
     (SQLite: at most 4); the tiny spec fixes no thread count."""
-    from tuner.hardware import available_cores
+    from vae_tune.training.hardware import available_cores
 
     monkeypatch.delenv("VAE_TUNE_WORKERS")
     url = f"sqlite:///{tmp_path / 's.db'}"

@@ -15,12 +15,12 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 from PIL import Image
 
-from tuner.artifacts import open_artifact_store
-from tuner.datasets import load_splits
-from tuner.diagnostics import iw_nll
-from tuner.spec import DatasetSpec, LikelihoodSpec, RunConfig
-from tuner.storage import open_storage
-from tuner.train import eval_targets, evaluate, train
+from vae_tune.data import load_splits
+from vae_tune.training.config import DatasetSpec, LikelihoodSpec, RunConfig
+from vae_tune.training.diagnostics import iw_nll
+from vae_tune.training.trainer import eval_targets, evaluate, train
+from vae_tune.tuning.artifacts import open_artifact_store
+from vae_tune.tuning.storage import open_storage
 
 MNIST_DIR = Path(
     os.environ.get("VAE_TUNE_MNIST_DIR")
