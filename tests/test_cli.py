@@ -59,7 +59,8 @@ def test_studies_and_export_best_speak_json(cli, write_spec, db_url):
 def test_progress_without_a_terminal_is_plain_lines(cli, write_spec, monkeypatch):
     import vae_tune.reporting.progress
 
-    monkeypatch.setattr(vae_tune.reporting.progress, "PROGRESS_EVERY_S", 0.0)  # every epoch, for the test
+    # every epoch, for the test
+    monkeypatch.setattr(vae_tune.reporting.progress, "PROGRESS_EVERY_S", 0.0)
     result = cli("run", write_spec({"budget": {"n_trials": 1}}))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vae_tune.errors import SpecError
 from vae_tune.models import architectures, build_model
 from vae_tune.models.losses import bernoulli_log_likelihood, gaussian_kl, reparameterize
 
@@ -25,7 +26,7 @@ def test_every_architecture_reconstructs_input_shape(arch, shape):
 
 
 def test_unknown_architecture_or_knob_is_rejected():
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(SpecError, match="unknown architecture"):
         build_model({"architecture": "gan"}, (8, 8))
     with pytest.raises(ValueError, match="width"):
         build_model({"architecture": "mlp", "width": 3}, (8, 8))

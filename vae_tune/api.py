@@ -80,7 +80,12 @@ class Result:
     @property
     def best_trial(self) -> FrozenTrial:
         """The trial with the best validation ELBO (a two-objective study: of its front)."""
-        return best_trial(self.study)
+        try:
+            return best_trial(self.study)
+        except ValueError:
+            raise UserError(
+                f"study {self.study.study_name!r} has no complete trial yet", "study_name"
+            ) from None
 
     @property
     def best_value(self) -> float:

@@ -54,6 +54,8 @@ def _import_file(path: Path, field: str) -> object:
     if spec is None or spec.loader is None:
         raise SpecError(f"{path} is not a Python file", field)
     module = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:  # its sibling modules, as `python file.py` finds them
+        sys.path.append(str(path.parent))
     sys.modules[name] = module  # before running it: dataclasses and pydantic look it up
     _FILE_MODULES[name] = str(path)
     try:
