@@ -15,7 +15,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
-EXECUTED = ("byo-vae.md", "python-api.md")  # the pages whose examples CI runs
+EXECUTED = ("byo-vae.md", "python-api.md", "own-data.md")  # the pages whose examples CI runs
 
 
 def blocks(page: Path) -> list[tuple[str, str | None, str]]:
@@ -62,6 +62,9 @@ def test_the_pages_examples_run_as_written(name: str, tmp_path: Path):
     if name == "python-api.md":
         assert (tmp_path / "api-demo-run" / "model.pt").is_file()
         assert "test IW-NLL" in printed[0]
+    if name == "own-data.md":
+        assert (tmp_path / "wine.html").is_file() and (tmp_path / "wine-run" / "model.pt").is_file()
+        assert "zinb test IW-NLL" in printed[-1]
 
 
 def test_the_blocks_are_found():

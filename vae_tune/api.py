@@ -147,6 +147,11 @@ def stage_data(data: ArrayLike, labels: ArrayLike | None, folder: Path) -> dict[
     """Write in-memory data where every worker reads it: an .npz named by its content, so a
     resumed study finds the same file. Returns the `dataset` block that names it."""
     x, y = as_arrays(data, labels)
+    if x.ndim not in (2, 3):
+        raise UserError(
+            f"data: expected N examples x D features (a table) or N x H x W images, got shape "
+            f"{x.shape}", "data",
+        )
     buffer = io.BytesIO()
     np.savez(buffer, x=x, **({"y": y} if y is not None else {}))
     raw = buffer.getvalue()
@@ -154,6 +159,9 @@ def stage_data(data: ArrayLike, labels: ArrayLike | None, folder: Path) -> dict[
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, raw, "data")
+    if x.ndim == 2:  # rows of features: a table
+        return {"name": "table", "path": str(path), "key": "x",
+                **({"labels": "y"} if y is not None else {})}
     labels_key = "y" if y is not None else None
     return {"name": "array", "path": str(path), "key": "x", "labels_key": labels_key}
 
@@ -218,7 +226,9 @@ def tune(
         say(
             f"study {sp.study_name!r} in {mask_url(sp.storage)}\n"
             f"  data {sp.dataset.name}: {len(s.train)} train / {len(s.val)} validation "
-            f"images of {s.image_shape[0]}x{s.image_shape[1]}; "
+            + (f"rows of {len(s.features)} features" if s.features else
+               f"images of {s.image_shape[0]}x{s.image_shape[1]}")
+            + "; "
             f"sampler {sp.sampler.name}, pruner {sp.pruner.name}, "
             f"{sp.training.epochs} epochs max"
             + (f", grid of {len(prepared.grid)} points" if prepared.grid is not None else "")
@@ -275,7 +285,9 @@ def run_config(config: ConfigLike, **changes: Any) -> RunConfig:
 class TrainedModel:
     """A trained VAE and its run directory: encode, reconstruct, sample, interpolate, and
     evaluate on the test split. Inputs are tensors or numpy arrays shaped like the data's
-    examples; outputs are CPU tensors (the means of p(x|z) where data comes back)."""
+    examples (images H x W, a table's rows of D features), in the data's own units; outputs
+    are CPU tensors, the means of p(x|z) where data comes back, in the data's units too (a
+    standardized table's transform is undone)."""
 
     def __init__(self, path: Path, device: str | None = None):
         self.path = Path(path)
@@ -301,8 +313,8 @@ class TrainedModel:
     def _x(self, x: Any) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
         shape = self._run.saved.image_shape
-        t = t.float().reshape(-1, *shape)
-        return t.to(self._run.saved.device)
+        t = t.float().reshape(-1, *shape).to(self._run.saved.device)
+        return self.likelihood.from_data(t)  # a standardized table's units
 
     def _y(self, y: Any) -> torch.Tensor | None:
         if y is None:
@@ -320,7 +332,7 @@ class TrainedModel:
         """The mean of p(x|z) for latent codes z."""
         z = torch.as_tensor(z).float().to(self._run.saved.device)
         out = self.model.decode(z, self._y(y))
-        return self.likelihood.mean(out).float().cpu()
+        return self.likelihood.to_data(self.likelihood.mean(out)).float().cpu()
 
     @torch.no_grad()
     def reconstruct(self, x: Any, y: Any = None) -> torch.Tensor:

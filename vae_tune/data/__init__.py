@@ -1,7 +1,9 @@
 """Datasets by name, split into train/validation/test tensors held in memory.
 
 A loader returns (train_pool, official_test_or_None) as `Labelled` images: float32 N x H x W
-arrays in [0, 1], with int64 class labels where the dataset has them. Validation is always
+arrays in [0, 1], with int64 class labels where the dataset has them; a table
+(`vae_tune.data.tables`) is N x 1 x D features of any range, standardized here when asked,
+from the training split alone. Validation is always
 carved from the training pool by the study seed, so every trial of a study sees the same
 split; the test split is never used while tuning. Labels follow their images through the
 same permutation.
@@ -20,6 +22,7 @@ import torch
 from vae_tune.data.arrays import load_array, load_labels
 from vae_tune.data.labelled import Labelled
 from vae_tune.data.mnist_family import load_mnist_family
+from vae_tune.data.tables import check_fits, load_table
 from vae_tune.seeds import derive
 
 
@@ -31,6 +34,9 @@ class DatasetChoice(Protocol):
     path: str | None
     key: str | None
     labels_key: str | None
+    columns: list[str] | None
+    labels: str | None
+    standardize: bool | None
     val_fraction: float
     test_fraction: float
     subset: int | None
@@ -64,6 +70,16 @@ class Splits:
     train_labels: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    features: tuple[str, ...] | None = None  # a table's column names (None: images)
+    label_names: tuple[str, ...] | None = None
+    source: str = ""  # the file it came from, for messages
+    # a standardized table: the training split's (mean, std) per feature, 1 x D each
+    standardization: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def vectors(self) -> bool:
+        """Whether the examples are a table's rows rather than images."""
+        return self.features is not None
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -87,10 +103,15 @@ class Splits:
         return getattr(self, f"{split}_labels")
 
 
-def load_splits(spec: DatasetChoice, seed: int) -> Splits:
-    """Load a dataset by name and split it deterministically from `seed`."""
+def load_splits(spec: DatasetChoice, seed: int, likelihood: str | None = None) -> Splits:
+    """Load a dataset by name and split it deterministically from `seed`; with `likelihood`,
+    first check that it can model every value (raises DataError naming the first that not)."""
 
     pool, test = _LOADERS[spec.name](spec)
+    if likelihood is not None:
+        source = str(spec.path or spec.name)
+        for part in (pool, test) if test is not None else (pool,):
+            check_fits(likelihood, part.images, part.features or (), source)
     rng = np.random.default_rng(derive(seed, "split"))  # a stream of its own (vae_tune.seeds)
     order = rng.permutation(len(pool.images))
     if test is None:  # no official test split: carve one out first
@@ -102,10 +123,23 @@ def load_splits(spec: DatasetChoice, seed: int) -> Splits:
         train = train.take(np.arange(min(spec.subset, len(train.images))))
     parts = (train, val, test)
     images = [torch.from_numpy(np.ascontiguousarray(p.images, dtype=np.float32)) for p in parts]
+    scale = None
+    if spec.standardize and pool.features is not None:
+        mean = images[0].mean(0)
+        std = images[0].std(0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays as is
+        images = [(x - mean) / std for x in images]
+        scale = (mean, std)
+    about = {
+        "features": pool.features,
+        "label_names": pool.label_names,
+        "source": str(spec.path or spec.name),
+        "standardization": scale,
+    }
     if any(p.labels is None for p in parts):  # labels for some splits only: none at all
-        return Splits(*images)
+        return Splits(*images, **about)
     labels = [torch.from_numpy(np.ascontiguousarray(p.labels, dtype=np.int64)) for p in parts]
-    return Splits(*images, *labels)
+    return Splits(*images, *labels, **about)
 
 
 @register("digits")
@@ -131,6 +165,13 @@ def _mnist_loader(name: str) -> Loader:
 
 for _name in ("mnist", "fashion-mnist", "kmnist"):
     register(_name)(_mnist_loader(_name))
+
+
+@register("table")
+def _table(spec: DatasetChoice) -> tuple[Labelled, None]:
+    """The user's own table: rows of numeric features (.npy, .npz, .csv, .parquet, .h5ad),
+    any range, with labels when `labels` names a column, a key or a file."""
+    return load_table(_local(spec.path), spec.key, spec.columns, spec.labels), None
 
 
 @register("array")

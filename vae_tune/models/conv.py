@@ -46,6 +46,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvVAE(VAE):
+    images_only = True  # it reads an example as an H x W image (refused on a table)
+
     def __init__(self, config: ConvConfig, image_shape: tuple[int, int], classes: int = 0):
         super().__init__(config, image_shape, classes)
         self.latent_dim = config.latent_dim

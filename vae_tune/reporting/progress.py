@@ -150,8 +150,15 @@ def summary_lines(study: optuna.Study, seconds: float, ran: int) -> list[str]:
             f"Pick one: vae-tune export-best --study-name {name} --trial N --output point.yaml "
             "(or --max-rate R)"
         )
+    iw = read(best)
+    nll = (
+        f"; IW-NLL {iw.val_iw_nll:.3f} (k = {iw.iw_samples}, {iw.iw_examples} validation examples)"
+        if iw.val_iw_nll is not None
+        else ""
+    )
     lines.append(
         f"Best: trial {best.number}, validation ELBO {validation_elbo(best):.3f} nats/example"
+        + nll
     )
     lines.append(f"  {format_params(best.params)}")
     lines += [s for s in (baseline_summary(study), time_summary(study)) if s is not None]

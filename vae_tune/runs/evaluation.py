@@ -171,7 +171,9 @@ def evaluate_run(
         report(stage, 1, 1)
 
     quality: dict[str, Any]
-    if splits.labelled:
+    if splits.vectors:
+        quality = {"skipped": "the Fréchet classifier distance is for images, not table rows"}
+    elif splits.labelled:
         report("Fréchet classifier distance", 0, 1)
         found_q = sample_quality(
             config.dataset.name,

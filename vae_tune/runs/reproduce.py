@@ -40,7 +40,7 @@ def reproduce(
         check_writable(save, "save")
     if output is not None:
         check_new_dir(output, force)
-    splits = load_splits(config.dataset, config.data_seed)
+    splits = load_splits(config.dataset, config.data_seed, config.likelihood.name)
     run = train(config, splits, on_epoch)
     test = score_test_split(config, run.model, run.likelihood, splits, run.device)
     if save is not None:

@@ -87,7 +87,8 @@ def write_run(
         )
         y_test = model_labels(run.model, splits, "test", run.device)
         pictures = save_pictures(
-            run.model, run.likelihood, x_test, tmp, seed, caption, labels=y_test
+            run.model, run.likelihood, x_test, tmp, seed, caption, labels=y_test,
+            splits=splits, split="test",
         )
         return [CONFIG, MODEL, METRICS, *(p.name for p in pictures)]
 

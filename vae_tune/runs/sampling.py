@@ -22,7 +22,7 @@ from vae_tune.errors import UserError
 from vae_tune.files import check_new_dir, write_atomic
 from vae_tune.runs.rundir import Run, open_run
 from vae_tune.seeds import derive
-from vae_tune.training.pictures import Block, figure, png_bytes
+from vae_tune.training.pictures import Block, figure, png_bytes, save_pictures
 from vae_tune.training.trainer import eval_targets, score_test_split
 
 RECONSTRUCTED = 16  # test images, shown as 4 rows of 4 (image, reconstruction) pairs
@@ -212,6 +212,25 @@ class _Drawer:
         )
 
 
+def _vector_pictures(run: Run, request: Request, folder: Path) -> list[Path]:
+    """A table model's pictures (reconstruction against truth, marginals against prior
+    samples, the latent means) on its test rows; interpolations and traversals are for
+    images."""
+    if request.interpolate or request.traverse:
+        raise UserError(
+            "interpolations and traversals are drawn for images; a table model draws its "
+            "reconstructions, marginals and latent means",
+            "--interpolate" if request.interpolate else "--traverse",
+        )
+    splits = load_splits(run.config.dataset, run.config.data_seed)
+    device = run.saved.device
+    x = splits.test.to(device)
+    caption = f"run {run.path.name}, test rows, seed {request.seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_pictures(run.saved.model, run.saved.likelihood, x, folder, request.seed,
+                         caption, splits=splits, split="test")
+
+
 @torch.no_grad()
 def draw_pictures(
     path: Path,
@@ -237,6 +256,8 @@ def draw_pictures(
         )
     folder = out if out is not None else run.pictures
     check_new_dir(folder, force=True, field="out")
+    if run.config.dataset.vectors:
+        return _vector_pictures(run, request, folder)
     drawer = _Drawer(run, request)
     wanted = [drawer.samples]
     wanted += [drawer.reconstructions] if request.reconstruct else []

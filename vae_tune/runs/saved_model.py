@@ -18,9 +18,9 @@ import torch
 
 from vae_tune.errors import UserError
 from vae_tune.models import VAE, build_model
-from vae_tune.models.likelihoods import Likelihood, build_likelihood
+from vae_tune.models.likelihoods import Likelihood
 from vae_tune.training.config import RunConfig, validate
-from vae_tune.training.trainer import resolve_device
+from vae_tune.training.trainer import make_likelihood, resolve_device
 from vae_tune.version import __version__
 
 FORMAT = "vae-tune model"
@@ -119,10 +119,9 @@ def load_model(path: Path, device: str | None = None) -> SavedModel:
     if device is not None:
         config = config.model_copy(update={"device": validate_device(device)})
     where = resolve_device(config.device)
-    lik = config.likelihood
     try:
         model = build_model(config.model, image_shape, classes)
-        likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
+        likelihood = make_likelihood(config, image_shape)
         model.load_state_dict(state["model"])
         likelihood.load_state_dict(state["likelihood"])
     except (RuntimeError, TypeError, ValueError, AttributeError) as err:

@@ -24,6 +24,7 @@ from vae_tune.errors import SpecError, UserError
 from vae_tune.files import write_atomic
 from vae_tune.models import parse_config
 from vae_tune.models.config import ModelConfig
+from vae_tune.models.likelihoods import LIKELIHOODS
 from vae_tune.models.registry import register_references, resolve
 
 
@@ -110,13 +111,28 @@ MODEL_KNOBS = tuple(ModelConfig.model_fields)  # every architecture has them (la
 
 
 class DatasetSpec(Strict):
-    """Which images to model and how to split them (the split is fixed by the study seed)."""
+    """Which data to model and how to split it (the split is fixed by the study seed): a named
+    image dataset, `array` (your images), or `table` (your rows of features)."""
 
     name: str = "digits"
     data_dir: str | None = None
-    path: str | None = None
-    key: str | None = None
+    path: str | None = Field(None, description="array, table: the file")
+    key: str | None = Field(None, description="array, table: which array of a .npz")
     labels_key: str | None = Field(None, description="array: .npz key of integer class labels")
+    columns: list[str] | None = Field(
+        None, description="table: the feature columns of a .csv, .parquet or .h5ad (default all)"
+    )
+    labels: str | None = Field(
+        None,
+        description="table: the class labels: a column (csv, parquet), an array of the .npz, an "
+        "obs column (h5ad), or a file of their own (.npy, .csv, .txt)",
+    )
+    standardize: bool | None = Field(
+        None,
+        description="table: standardize each feature by the training split's mean and standard "
+        "deviation (kept with the model; values come back in the data's units); default: true "
+        "under the gaussian likelihood, false otherwise",
+    )
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     subset: int | None = Field(None, ge=10, description="use at most this many training images")
@@ -126,20 +142,31 @@ class DatasetSpec(Strict):
     def has_labels(self) -> bool:
         """Whether the images come with class labels: every named dataset does; an array
         when `labels_key` names them."""
+        if self.name == "table":
+            return self.labels is not None
         return self.name != "array" or self.labels_key is not None
+
+    @property
+    def vectors(self) -> bool:
+        """Whether the examples are rows of features (a table) rather than images."""
+        return self.name == "table"
 
     def why_no_labels(self) -> str:
         return (
             f"dataset {self.name!r} has no class labels to condition on (for an array dataset "
-            "give dataset.labels_key)"
+            "give dataset.labels_key, for a table dataset.labels)"
         )
 
     @model_validator(mode="after")
-    def _array_needs_path(self) -> DatasetSpec:
-        if self.name == "array" and not self.path:
-            raise located_error("path", "the array dataset needs `path` to a .npy or .npz file")
+    def _needs_path(self) -> DatasetSpec:
+        if self.name in ("array", "table") and not self.path:
+            kind = ".npy or .npz" if self.name == "array" else ".npy, .npz, .csv, .parquet or .h5ad"
+            raise located_error("path", f"the {self.name} dataset needs `path` to a {kind} file")
         if self.labels_key is not None and self.name != "array":
             raise located_error("labels_key", f"applies to the array dataset only, not {self.name}")
+        for name in ("columns", "labels", "standardize"):
+            if getattr(self, name) is not None and self.name != "table":
+                raise located_error(name, f"applies to the table dataset only, not {self.name}")
         return self
 
     @field_validator("name")
@@ -154,7 +181,11 @@ class LikelihoodSpec(Strict):
     """p(x|z), fixed per study. `binarize` applies to `bernoulli` only: `dynamic` resamples
     binary training images every epoch; validation/test use one fixed binarization per seed."""
 
-    name: Literal["bernoulli", "continuous_bernoulli", "gaussian"] = "bernoulli"
+    name: Literal[LIKELIHOODS] = Field(  # type: ignore[valid-type]
+        "bernoulli",
+        description="images: bernoulli, continuous_bernoulli, gaussian; tables: gaussian (real "
+        "features), poisson, negative_binomial, zinb (counts), bernoulli (binary features)",
+    )
     binarize: Literal["none", "static", "dynamic"] = "none"
     scale: float | Literal["learned"] = Field("learned", description="gaussian only")
 
@@ -167,6 +198,36 @@ class LikelihoodSpec(Strict):
         if isinstance(self.scale, float) and self.scale <= 0:
             raise located_error("scale", "must be > 0 or 'learned'")
         return self
+
+
+def fit_data(dataset: DatasetSpec, likelihood: LikelihoodSpec, where: str = "") -> DatasetSpec:
+    """The dataset with its `standardize` default resolved for `likelihood`; raises a located
+    error where the two do not go together (paths start with `where`)."""
+    if not dataset.vectors:
+        return dataset
+    if likelihood.binarize != "none":
+        raise located_error(
+            f"{where}likelihood.binarize", "binarization is for images, not a table's features"
+        )
+    if dataset.standardize and likelihood.name != "gaussian":
+        raise located_error(
+            f"{where}dataset.standardize",
+            f"standardized features are real-valued: the {likelihood.name} likelihood models the "
+            "raw values (set standardize: false, or use the gaussian likelihood)",
+        )
+    if dataset.standardize is None:
+        return dataset.model_copy(update={"standardize": likelihood.name == "gaussian"})
+    return dataset
+
+
+def check_fits_vectors(architecture: str, dataset: DatasetSpec, field: str) -> None:
+    """Refuse an architecture made for images (convolutions, rows as a sequence) on a table."""
+    if dataset.vectors and getattr(resolve(architecture).model, "images_only", False):
+        raise located_error(
+            field,
+            f"{architecture} is an architecture for images (H x W); a table's rows are vectors "
+            "of features: use mlp, hierarchical or your own",
+        )
 
 
 class RunSettings(Strict):
@@ -268,6 +329,12 @@ class RunConfig(TrainingKnobs, RunSettings, UsesArchitectures):
         if isinstance(data, dict) and "source" in data and "ema_decay" not in data:
             return {**data, "ema_decay": 0.0}
         return data
+
+    @model_validator(mode="after")
+    def _data_fits(self) -> RunConfig:
+        self.dataset = fit_data(self.dataset, self.likelihood)
+        check_fits_vectors(self.model["architecture"], self.dataset, "model.architecture")
+        return self
 
     @model_validator(mode="after")
     def _conditional_has_labels(self) -> RunConfig:

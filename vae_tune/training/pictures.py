@@ -16,9 +16,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from vae_tune.data import Splits
 from vae_tune.models import VAE
 from vae_tune.models.likelihoods import Likelihood
 from vae_tune.training.diagnostics import image_grid
+from vae_tune.training.vector_pictures import save_vector_pictures
 
 FONT_SIZE = 12
 PAD = 4  # pixels around text
@@ -139,10 +141,20 @@ def save_pictures(
     caption: str,
     n: int = 8,
     labels: torch.Tensor | None = None,
+    splits: Splits | None = None,
+    split: str = "val",
 ) -> list[Path]:
     """Write `reconstructions.png` (rows: originals, reconstructions) and `samples.png` (prior
     samples), each captioned with `caption` (which trial or run, beta, ELBO). A conditional
-    model reconstructs with the images' `labels` and draws one row of samples per class."""
+    model reconstructs with the images' `labels` and draws one row of samples per class.
+    A table's rows (`splits` of vectors) get the pictures of `vector_pictures` instead,
+    coloured by the labels of `split` where the data has them."""
+    if splits is not None and splits.features is not None:
+        data_labels = splits.labels(split)
+        return save_vector_pictures(
+            model, likelihood, x, folder, seed, caption, splits.features,
+            None if data_labels is None else data_labels.to(x.device), splits.label_names,
+        )
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)

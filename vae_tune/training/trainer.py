@@ -183,6 +183,23 @@ def uncompile_networks(model: VAE) -> None:
         model.__dict__.pop(name, None)
 
 
+def make_likelihood(
+    config: RunConfig,
+    shape: tuple[int, ...],
+    standardization: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Likelihood:
+    """The run's p(x|z) for examples of `shape`, holding a table's standardization (so a
+    saved model keeps it, and its log-densities are in the data's units)."""
+    lik = config.likelihood
+    scale = None if lik.scale == "learned" else lik.scale
+    likelihood = build_likelihood(lik.name, scale, shape, config.dataset.vectors)
+    if standardization is not None:
+        mean, std = standardization
+        likelihood.shift.copy_(mean.reshape(likelihood.shift.shape))
+        likelihood.spread.copy_(std.reshape(likelihood.spread.shape))
+    return likelihood
+
+
 def build_for(config: RunConfig, splits: Splits) -> VAE:
     """The run's model for these data (a conditional one gets the data's classes); a config
     the data cannot serve is a SpecError naming the field."""
@@ -297,9 +314,7 @@ def train(
     # seeds every global RNG torch has (CPU and all CUDA devices): weight init, then dropout
     torch.manual_seed(derive(config.seed, "init-dropout"))
     model = build_for(config, splits).to(device)
-    lik = config.likelihood
-    likelihood = build_likelihood(lik.name, None if lik.scale == "learned" else lik.scale)
-    likelihood = likelihood.to(device)
+    likelihood = make_likelihood(config, splits.image_shape, splits.standardization).to(device)
     # the weights' moving average is what the run evaluates and returns (None: the last ones)
     average = WeightAverage(model, likelihood, config.ema_decay) if config.ema_decay else None
     if config.compile:
@@ -313,9 +328,9 @@ def train(
     gen = torch.Generator(device=device).manual_seed(derive(config.seed, "training"))
     val_seed = derive(config.data_seed, "val-noise")  # the same for every trial of a study
     x_train = splits.train.to(device)
-    if lik.binarize == "static":
+    if config.likelihood.binarize == "static":
         x_train = binarized(x_train, derive(config.data_seed, "train-binarization"))
-    dynamic = lik.binarize == "dynamic"
+    dynamic = config.likelihood.binarize == "dynamic"
     x_val = eval_targets(config, splits.val.to(device), 1)
     # a conditional model's labels, sliced beside their images (None: unconditional)
     y_train = model_labels(model, splits, "train", device)

@@ -172,12 +172,23 @@ class Objective:
             nll = iw_nll(result.model, result.likelihood, x_nll, k, seed, labels=y_nll)
             record.write(trial, val_iw_nll=nll, iw_samples=k, iw_examples=len(x_nll))
             clock.timed("iw_nll", started)
-        if self.spec.training.pictures:
+        if self.spec.training.pictures and self._worth_drawing(trial, result.final.val.elbo):
             started = time.perf_counter()
             self._pictures(trial, result, x_val, y_val, config.beta)
             clock.timed("pictures", started)
         val = result.final.val
         return (val.kl, -val.recon) if multi else val.elbo
+
+    def _worth_drawing(self, trial: optuna.Trial, elbo: float) -> bool:
+        """Images: every completed trial. A table's plots cost about a second (matplotlib),
+        often more than its training: drawn for the trials that beat the study's best so far
+        (the report shows the best trial's)."""
+        if not self.splits.vectors or len(trial.study.directions) > 1:
+            return True
+        try:
+            return elbo > trial.study.best_value
+        except ValueError:  # no completed trial yet
+            return True
 
     def _pictures(
         self, trial: optuna.Trial, result: TrainResult, x_val, y_val, beta: float
@@ -189,7 +200,8 @@ class Objective:
                 f"{beta:.3g}, validation ELBO {result.final.val.elbo:.2f} nats"
             )
             pictures = save_pictures(
-                result.model, result.likelihood, x_val, Path(tmp), 0, caption, labels=y_val
+                result.model, result.likelihood, x_val, Path(tmp), 0, caption, labels=y_val,
+                splits=self.splits,
             )
             for path in pictures:
                 upload_artifact(

@@ -40,6 +40,8 @@ from vae_tune.training.config import (
     TrainingKnobs,
     UsesArchitectures,
     check_architecture,
+    check_fits_vectors,
+    fit_data,
     free_bits_conflict,
     located_error,
     read_yaml,
@@ -365,6 +367,13 @@ class StudySpec(UsesArchitectures):
     def _conditional_has_labels(self) -> StudySpec:
         if True in self.search_space.conditional.values() and not self.dataset.has_labels:
             raise located_error("search_space.conditional", self.dataset.why_no_labels())
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits(self) -> StudySpec:
+        self.dataset = fit_data(self.dataset, self.likelihood)
+        for arch in self.search_space.architecture.values():
+            check_fits_vectors(arch, self.dataset, "search_space.architecture")
         return self
 
     @model_validator(mode="after")

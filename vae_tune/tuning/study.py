@@ -74,7 +74,7 @@ def prepare(spec: StudySpec) -> Prepared:
     # an explicit bf16 this CPU cannot run is refused here, and the bf16 probe's reading is
     # taken once, before worker processes start (they inherit it)
     resolve_precision(spec.training.precision, resolve_device(spec.training.device))
-    splits = load_splits(spec.dataset, spec.seed)
+    splits = load_splits(spec.dataset, spec.seed, spec.likelihood.name)
     for arch in spec.search_space.architecture.values():
         if resolve(arch).origin != "shipped":  # the user's shapes, checked before any trial
             build_model({"architecture": arch}, splits.image_shape)
