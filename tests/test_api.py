@@ -79,7 +79,10 @@ def test_tune_takes_in_memory_data_and_resumes_on_the_same_file(tmp_path: Path):
     again = vae_tune.tune(spec, data=images, labels=labels, storage=db, n_trials=1, workers=1,
                           progress=False)
     assert again.spec.dataset.path == str(staged)  # same content, same file
-    assert [t.state.name for t in again.study.trials] == ["COMPLETE", "COMPLETE"]
+    pairs = torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
+    third = vae_tune.tune(spec, data=pairs, storage=db, n_trials=1, workers=1, progress=False)
+    assert third.spec.dataset.path == str(staged)  # a Dataset of (x, y): the same examples
+    assert [t.state.name for t in third.study.trials] == ["COMPLETE"] * 3
 
 
 def test_tune_refuses_bad_specs_with_the_field_named(tmp_path: Path):

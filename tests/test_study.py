@@ -284,3 +284,25 @@ def test_passwords_are_masked(cli):
     result = cli("studies", "--storage", url)
     assert result.exit_code != 0
     assert "s3cret" not in result.output
+
+
+def test_a_trial_is_never_pruned_at_its_last_epoch(cli, write_spec, db_url):
+    """Its training is done by then: it completes and counts as complete (with one epoch, the
+    median pruner would otherwise prune the bad learning rate after its whole budget)."""
+    spec = write_spec(
+        {
+            "sampler": "grid",
+            "budget": {"n_trials": None},
+            "training": {"epochs": 1},
+            "search_space": {
+                "beta": 1.0,
+                "latent_dim": 4,
+                "lr": {"low": 1.0e-8, "high": 1.0e-2, "log": True, "grid": [1.0e-2, 1.0e-8]},
+            },
+            "pruner": {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+        }
+    )
+    assert cli("run", spec).exit_code == 0
+    trials = _load(db_url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].value != trials[1].value

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna_dashboard import save_note
 
 from vae_tune.tuning.record import TrialRecord, read
 
@@ -60,4 +59,7 @@ def note_markdown(number: int, outcome: str, r: TrialRecord) -> str:
 
 
 def save_trial_note(trial: optuna.Trial, outcome: str) -> None:
+    # optuna-dashboard's package imports its whole web app (2 s here): only when a note is saved
+    from optuna_dashboard import save_note
+
     save_note(trial, note_markdown(trial.number, outcome, read(trial)))

@@ -145,7 +145,10 @@ class Objective:
                 reason = f"posterior collapse: no active units after epoch {r.epoch}"
                 record.write(trial, stop_reason=reason)
                 raise optuna.TrialPruned(reason)
-            if not multi and trial.should_prune():
+            # the last epoch's work is done: stopping now saves nothing, and a PRUNED trial
+            # would show the sampler a finished model as worse than every complete one
+            last = r.epoch >= config.epochs
+            if not multi and not last and trial.should_prune():
                 _record(trial, run, judged_collapse=False)
                 record.write(trial, stop_reason=f"pruned after epoch {r.epoch}")
                 raise optuna.TrialPruned(f"validation ELBO {r.val.elbo:.2f} fell behind")
