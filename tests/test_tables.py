@@ -104,7 +104,7 @@ def test_a_standardized_table_tunes_with_two_workers_and_its_best_retrains_to_it
                           rtol=1e-4)
     # reconstructions come back in the data's own units (proline is in the hundreds)
     rows = pd.read_csv(wine_csv).drop(columns="cultivar").to_numpy(np.float32)[:20]
-    recon = model.reconstruct(rows).flatten(1).numpy()
+    recon = model.reconstruct(rows).numpy()
     assert np.corrcoef(rows[:, 12], recon[:, 12])[0, 1] > 0.5
     assert 100 < recon[:, 12].mean() < 2000
     scores = model.evaluate(k=10, gap_examples=0)
@@ -269,3 +269,9 @@ def test_in_memory_rows_tune_as_a_table(tmp_path: Path):
     )
     assert result.spec.dataset.name == "table" and result.spec.dataset.standardize is True
     assert result.study.trials[0].state.name == "COMPLETE"
+    config = {"model": {"architecture": "mlp", "latent_dim": 3, "hidden_dim": 16}, "epochs": 2,
+              "likelihood": {"name": "gaussian"}, "iw_samples": 0}
+    model = vae_tune.train(config, data=wine.data[:150], labels=wine.target[:150],
+                           output=tmp_path / "run", progress=False)
+    assert model.config.dataset.name == "table" and model.metrics["image_shape"] == [1, 13]
+    assert model.reconstruct(wine.data[:3]).shape == (3, 13)  # rows of features

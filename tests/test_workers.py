@@ -63,10 +63,13 @@ def _unique_study(url: str):
     """A study name of its own on `url`; the study is deleted afterwards."""
     name = f"w-{uuid.uuid4().hex[:10]}"
     yield url, name
+    storage = optuna.storages.RDBStorage(url)
     try:
-        optuna.delete_study(study_name=name, storage=url)
+        optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
+    finally:  # its connections closed now, not when the collector gets to them
+        storage.engine.dispose()
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])

@@ -26,6 +26,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
+from vae_tune.data.download import cache_dir
 from vae_tune.defaults import DEFAULT_SPEC
 from vae_tune.errors import SpecError, UserError
 from vae_tune.files import write_atomic
@@ -215,7 +216,8 @@ def tune(
     if data is not None:
         folder = artifact_dir(study_spec.storage, study_spec.artifact_dir)
         block = stage_data(data, labels, folder)
-        given["dataset"] = {**study_spec.dataset.model_dump(exclude_defaults=True), **block}
+        kept = study_spec.dataset.model_dump(exclude_defaults=True, exclude={"standardize"})
+        given["dataset"] = {**kept, **block}
         study_spec = load_spec(source, given, flags)
     device_names = list(devices) if isinstance(devices, list | tuple) else parse_devices(devices)
     device_list = share_devices(device_names, trials_per_device, study_spec.training.device)
@@ -332,7 +334,8 @@ class TrainedModel:
         """The mean of p(x|z) for latent codes z."""
         z = torch.as_tensor(z).float().to(self._run.saved.device)
         out = self.model.decode(z, self._y(y))
-        return self.likelihood.to_data(self.likelihood.mean(out)).float().cpu()
+        values = self.likelihood.to_data(self.likelihood.mean(out)).float().cpu()
+        return values.flatten(1) if self.config.dataset.vectors else values  # a table: N x D
 
     @torch.no_grad()
     def reconstruct(self, x: Any, y: Any = None) -> torch.Tensor:
@@ -391,6 +394,8 @@ class TrainedModel:
 def train(
     config: ConfigLike,
     *,
+    data: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
     output: str | os.PathLike | None = None,
     force: bool = False,
     save: str | os.PathLike | None = None,
@@ -402,8 +407,15 @@ def train(
 ) -> TrainedModel:
     """Train one run config (a file, a dict, a RunConfig, or `result.best_config`) exactly
     as a trial trains it, score the test split, and keep the run in `output` (default: a new
-    temporary folder). Returns the trained model, loaded."""
-    cfg = run_config(config, epochs=epochs, device=device, **{"dataset.data_dir": data_dir})
+    temporary folder). `data` (with `labels`) replaces the config's dataset by in-memory
+    examples, as for `tune` (kept in the cache folder, `$VAE_TUNE_CACHE`, by content, so the
+    run directory can find them later). Returns the trained model, loaded."""
+    changes: dict[str, Any] = {"epochs": epochs, "device": device, "dataset.data_dir": data_dir}
+    if data is not None:
+        block = stage_data(data, labels, cache_dir())
+        kept = run_config(config).dataset.model_dump(exclude_defaults=True, exclude={"standardize"})
+        changes = {**changes, "dataset": {**kept, **block}}
+    cfg = run_config(config, **changes)
     say: Echo = echo if progress else (lambda *a, **k: None)
     where = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="vae-tune-run-"))
 
