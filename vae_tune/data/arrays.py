@@ -19,8 +19,9 @@ from vae_tune.errors import DataError
 MIN_ROWS = 10
 
 
-def _read(path: Path, key: str | None) -> np.ndarray:
-    """The array stored in `path`; for an npz, the one named `key` or the only one."""
+def read_array(path: Path, key: str | None, others: frozenset[str] = frozenset()) -> np.ndarray:
+    """The array stored in `path`; for an npz, the one named `key` or the only one besides
+    `others` (arrays that hold something else, such as the labels)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -32,12 +33,13 @@ def _read(path: Path, key: str | None) -> np.ndarray:
         with loaded:
             keys = list(loaded.files)
             if key is None:
-                if len(keys) != 1:
+                rest = [k for k in keys if k not in others]
+                if len(rest) != 1:
                     raise DataError(
-                        f"{path}: holds {len(keys)} arrays ({', '.join(keys) or 'none'}); "
+                        f"{path}: holds {len(rest)} arrays ({', '.join(rest) or 'none'}); "
                         "say which one to use with a key"
                     )
-                key = keys[0]
+                key = rest[0]
             elif key not in keys:
                 raise DataError(
                     f"{path}: no array named {key!r}; keys: {', '.join(keys) or '(none)'}"
@@ -103,7 +105,7 @@ def _scaled(path: Path, arr: np.ndarray) -> np.ndarray:
 def load_array(path: Path, key: str | None = None) -> np.ndarray:
     """Load user images from .npy/.npz as a float32 N×H×W array in [0, 1]."""
     path = Path(path).expanduser()
-    arr = _read(path, key)
+    arr = read_array(path, key)
     return _scaled(path, _as_images(path, arr))
 
 
@@ -111,7 +113,7 @@ def load_labels(path: Path, key: str, n_images: int) -> np.ndarray:
     """The class labels stored under `key` in the same .npz as the images: N non-negative
     integers, one per image (int64)."""
     path = Path(path).expanduser()
-    labels = _read(path, key)
+    labels = read_array(path, key)
     if labels.ndim != 1 or labels.shape[0] != n_images:
         raise DataError(
             f"{path}: labels {key!r} have shape {labels.shape}, but there are {n_images} "

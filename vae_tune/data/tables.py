@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_tune.data.arrays import read_array
 from vae_tune.data.labelled import Labelled
 from vae_tune.errors import DataError
 from vae_tune.models.likelihoods import COUNTS
@@ -137,35 +138,19 @@ def _with_labels_file(table: Table, labels: str, path: Path) -> Table:
 
 
 def _array_table(path: Path, key: str | None, labels: str | None) -> Table:
-    try:
-        if path.suffix == ".npy":
-            if key is not None:
-                raise DataError(f"{path}: key {key!r} given, but keys only apply to .npz files")
-            values, stored = np.load(path, allow_pickle=False), None
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.files)
-                if key is None:
-                    rest = [k for k in keys if k != labels]
-                    if len(rest) != 1:
-                        raise DataError(
-                            f"{path}: holds {len(rest)} arrays ({', '.join(rest) or 'none'}); "
-                            "say which one with `key:`"
-                        )
-                    key = rest[0]
-                if key not in keys:
-                    raise DataError(f"{path}: no array named {key!r}; keys: {', '.join(keys)}")
-                values = z[key]
-                stored = z[labels] if labels and labels in keys else None
-    except (ValueError, OSError) as err:
-        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({err})") from None
+    values = read_array(path, key, frozenset({labels} if labels else ()))
+    stored = None
+    if labels and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            has_labels = labels in z.files
+        stored = read_array(path, labels) if has_labels else None
     if values.ndim == 1:
         values = values[:, None]
     if values.ndim != 2 or values.dtype.kind not in "biuf":
         raise DataError(
             f"{path}: expected a numeric N x D array, got {values.dtype} {values.shape}"
         )
-    columns = [f"{key or 'x'}[{j}]" for j in range(values.shape[1])]
+    columns = [f"{key or path.stem}[{j}]" for j in range(values.shape[1])]
     table = Table(values.astype(np.float32), columns)
     if stored is not None:
         return Table(table.values, columns, *_class_indices(stored, f"{path}, key {labels!r}"))
