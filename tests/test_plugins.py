@@ -257,6 +257,7 @@ def test_an_installed_plugin_is_searchable_by_name(tmp_path: Path):
         ("myvae.py:TinyUserVAE", {"hidden": 2}, "greater than or equal to 4"),
         ("myvae.py:BadShape", None, "decode(z) returned (2, 5) for 2 latent codes"),
         ("unknown_arch", None, "unknown architecture 'unknown_arch'"),
+        ("broken_mod:Thing", None, "module 'broken_mod' fails to import: NameError"),
     ],
 )
 def test_a_bad_reference_exits_2_naming_it_before_anything_is_written(
@@ -264,6 +265,7 @@ def test_a_bad_reference_exits_2_naming_it_before_anything_is_written(
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "myvae.py").write_text(USER_VAE)
+    (tmp_path / "broken_mod.py").write_text("Thing = undefined_name\n")
     db_file = tmp_path / "bad.db"
     (tmp_path / "spec.yaml").write_text(
         yaml.safe_dump(_spec(f"sqlite:///{db_file}", architecture, block))

@@ -66,24 +66,32 @@ def _import_file(path: Path, field: str) -> object:
     return module
 
 
-def _import_module(dotted: str, field: str) -> object:
+def _try_import(dotted: str, field: str) -> object | None:
+    """The module, None if `dotted` itself is not found; any other failure (its own error, a
+    package it needs) raises SpecError naming it."""
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as err:
-        if err.name is None or not dotted.startswith(err.name.split(".")[0]):
-            raise SpecError(f"module {dotted!r} fails to import: {err}", field) from None
+        if err.name is not None and dotted.startswith(err.name.split(".")[0]):
+            return None
+        raise SpecError(f"module {dotted!r} fails to import: {err}", field) from None
+    except Exception as err:  # the user's module may fail in any way: name it
+        raise SpecError(f"module {dotted!r} fails to import: {type(err).__name__}: {err}",
+                        field) from None
+
+
+def _import_module(dotted: str, field: str) -> object:
+    module = _try_import(dotted, field)
     cwd = str(Path.cwd())
-    if cwd not in sys.path:  # a package beside the spec, as `python -m` would find it
+    if module is None and cwd not in sys.path:  # a package beside the spec, as `python -m` has
         sys.path.append(cwd)
-        try:
-            return importlib.import_module(dotted)
-        except ModuleNotFoundError:
-            pass
-        except Exception as err:
-            raise SpecError(f"module {dotted!r} fails to import: {err}", field) from None
-    raise SpecError(
-        f"no module named {dotted!r} (not installed, and not in the working folder {cwd})", field
-    )
+        module = _try_import(dotted, field)
+    if module is None:
+        raise SpecError(
+            f"no module named {dotted!r} (not installed, and not in the working folder {cwd})",
+            field,
+        )
+    return module
 
 
 def import_reference(ref: str, field: str = "architecture") -> tuple[type[nn.Module], str]:
