@@ -10,6 +10,7 @@ thin layer over these: each command parses its flags, calls one function here, p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -238,7 +239,9 @@ def tune(
 
     started = time.perf_counter()
     beat = dict(heartbeat) if heartbeat else {}
-    with TrialProgress(study_spec.budget.n_trials, echo=say) as live:
+    # progress=False draws nothing: not even the live status line of a terminal or notebook
+    live = TrialProgress(study_spec.budget.n_trials, echo=say) if progress else None
+    with live or contextlib.nullcontext():
         outcome = run_study(
             study_spec,
             workers=n_workers,
@@ -246,8 +249,8 @@ def tune(
             heartbeat=beat,
             warm_start=warm_start,
             on_prepared=header,
-            on_trial=live.trial if progress else None,
-            on_epoch=live.epoch if progress else None,
+            on_trial=live.trial if live else None,
+            on_epoch=live.epoch if live else None,
             publish=publish_figures,
             echo=say,
         )
