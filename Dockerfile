@@ -1,5 +1,6 @@
-# The vae-tune image that docker-compose.yml runs as `worker` and `dashboard`: the project and
-# its PostgreSQL driver, nothing secret (the database password comes from the environment).
+# The vae-tune image that docker-compose.yml runs as `worker` and `dashboard` (and
+# deploy/kubernetes/ as every vae-tune container): the project, its PostgreSQL driver and the
+# gRPC storage proxy, nothing secret (the database password comes from the environment).
 #
 # CPU torch by default. For NVIDIA GPUs build with a CUDA wheel index, e.g.
 #   docker compose -f docker-compose.yml -f docker-compose.gpu.yml build
@@ -17,7 +18,8 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /opt/vae-tune
 COPY pyproject.toml README.md ./
 COPY vae_tune ./vae_tune
-RUN pip install ".[postgres]"
+# postgres: the driver; grpc: Optuna's gRPC storage proxy and its client (grpc:// storage URLs)
+RUN pip install ".[postgres]" ".[grpc]"
 
 # an unprivileged user; /artifacts becomes the shared named volume (it inherits this owner)
 RUN useradd --create-home --uid 1000 tuner \
@@ -25,4 +27,6 @@ RUN useradd --create-home --uid 1000 tuner \
     && chown tuner /artifacts /work
 USER tuner
 WORKDIR /work
+# the dashboard and the storage proxy (vae-tune storage-proxy); workers listen on nothing
+EXPOSE 8080 13000
 CMD ["vae-tune", "--help"]

@@ -1,20 +1,25 @@
-"""Helpers the tests share: the tiny spec, a deep merge, free ports, JSON over HTTP, and the
-PostgreSQL server the PostgreSQL tests need."""
+"""Helpers the tests share: the tiny spec, a deep merge, free ports, JSON over HTTP, the
+PostgreSQL server the PostgreSQL tests need, CLI processes in the background, polling."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
-from vae_tune.tuning.storage import unreachable
+from vae_tune.tuning.storage import open_storage, unreachable
 
 PG_URL = os.environ.get(
     "VAE_TUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -140,3 +145,48 @@ def train_run_dir(folder: Path, **changes: Any) -> Path:
     )
     assert result.exit_code == 0, result.output
     return folder / "run"
+
+
+CLI = str(Path(sys.executable).with_name("vae-tune"))
+
+
+class Proc:
+    """A vae-tune command in the background, its output in a file (no pipe to fill up)."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+        self.log = tmp_path / f"out-{uuid.uuid4().hex[:6]}.txt"
+        self._file = self.log.open("w")
+        self.popen = subprocess.Popen(
+            [CLI, *args],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait(self, timeout: float = 180) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+            self._file.close()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {message or what}")
+
+
+def open_study(url: str, name: str) -> optuna.Study:
+    """The study `name` at any vae-tune storage URL (database, grpc://, journal://)."""
+    return optuna.load_study(study_name=name, storage=open_storage(url))

@@ -12,12 +12,9 @@ import copy
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +23,23 @@ import pytest
 import torch
 import yaml
 from optuna.trial import TrialState
-from support import TINY_SPEC, free_port, get_json, merge, postgres_url
+from support import (
+    TINY_SPEC,
+    Proc,
+    free_port,
+    get_json,
+    merge,
+    open_study,
+    postgres_url,
+    wait_for,
+)
 from typer.testing import CliRunner
 
 from vae_tune.cli import app
 from vae_tune.runner.budget import HOLD, START, Tally, next_step
 from vae_tune.runner.launcher import share_devices
+from vae_tune.tuning.storage import open_storage
 
-CLI = str(Path(sys.executable).with_name("vae-tune"))
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
 
 # tiny trials (a fraction of a second): budget and grid bookkeeping
@@ -63,19 +69,55 @@ def _unique_study(url: str):
     """A study name of its own on `url`; the study is deleted afterwards."""
     name = f"w-{uuid.uuid4().hex[:10]}"
     yield url, name
-    storage = optuna.storages.RDBStorage(url)
+    storage = open_storage(url)
     try:
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
     finally:  # its connections closed now, not when the collector gets to them
-        storage.engine.dispose()
+        storage.close()
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def backend(request, tmp_path: Path):
     """(storage URL, unique study name) on each backend."""
     url = postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    yield from _unique_study(url)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    """`vae-tune storage-proxy` in front of a SQLite file, for the module's grpc:// tests."""
+    folder = tmp_path_factory.mktemp("proxy")
+    port = free_port()
+    server = Proc(
+        folder, "storage-proxy", "--storage", f"sqlite:///{folder / 'p.db'}", "--port", str(port)
+    )
+    url = f"grpc://127.0.0.1:{port}"
+    wait_for(lambda: server.popen.poll() is not None or "listening" in server.output, 60)
+    assert server.popen.poll() is None, server.output
+    yield url
+    server.popen.terminate()
+    server.wait(10)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        "sqlite",
+        "journal",
+        "grpc",
+    ]
+)
+def any_storage(request, tmp_path: Path):
+    """(storage URL, unique study name) on every kind of storage: PostgreSQL, SQLite, a
+    journal file, and the gRPC proxy (in front of SQLite)."""
+    url = {
+        "postgres": postgres_url,
+        "sqlite": lambda: f"sqlite:///{tmp_path / 's.db'}",
+        "journal": lambda: f"journal://{tmp_path / 's.log'}",
+        "grpc": lambda: request.getfixturevalue("proxy"),
+    }[request.param]()
     yield from _unique_study(url)
 
 
@@ -94,50 +136,13 @@ def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path
     return path
 
 
-class Proc:
-    """A vae-tune command in the background, its output in a file (no pipe to fill up)."""
-
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-        self.log = tmp_path / f"out-{uuid.uuid4().hex[:6]}.txt"
-        self._file = self.log.open("w")
-        self.popen = subprocess.Popen(
-            [CLI, *args],
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env={**os.environ, **(env or {})},
-        )
-
-    def wait(self, timeout: float = 180) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        finally:
-            if self.popen.poll() is None:
-                self.popen.kill()
-            self._file.close()
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-
 def _run(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[int, str]:
     proc = Proc(tmp_path, *args)
     return proc.wait(timeout), proc.output
 
 
 def _study(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
-
-
-def _wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {message or what}")
+    return open_study(url, name)
 
 
 def _running_with_checkpoint(url: str, name: str, min_epoch: int = 1):
@@ -262,10 +267,11 @@ def test_bad_worker_options_exit_2_before_writing(cli, write_spec, db_url, tmp_p
     assert missing.exit_code == 2 and "no study named 'nope'" in missing.output
 
 
-def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
+def test_workers_finish_exactly_n_trials(any_storage, tmp_path: Path, cli):
     """3 workers on PostgreSQL, 2 on SQLite (with the dashboard reading the live file all the
-    while): the budget is study-wide and exact, and a second run adds exactly its n trials."""
-    url, name = backend
+    while), on a journal file and through the storage proxy: the budget is study-wide and
+    exact, and a second run adds exactly its n trials."""
+    url, name = any_storage
     workers = 3 if url.startswith("postgresql") else 2
     spec = _spec(tmp_path, url, name)
     dashboard, reads = None, 0
@@ -274,7 +280,7 @@ def test_workers_finish_exactly_n_trials(backend, tmp_path: Path, cli):
         api = f"http://127.0.0.1:{port}/api/studies"
         optuna.storages.RDBStorage(url)  # an empty database: the dashboard never creates one
         dashboard = Proc(tmp_path, "dashboard", "--storage", url, "--port", str(port))
-        _wait_for(lambda: get_json(api) is not None, 60, "the dashboard")
+        wait_for(lambda: get_json(api) is not None, 60, "the dashboard")
     try:
         run = Proc(tmp_path, "run", spec, "--workers", str(workers), "--n-trials", "7")
         while run.popen.poll() is None:
@@ -343,13 +349,14 @@ def test_grid_by_three_workers_runs_each_point_once(postgres, tmp_path: Path, cl
     assert len(_study(url, name).trials) == 8
 
 
-def test_killed_worker_trial_is_retried_and_resumes(backend, tmp_path: Path):
+def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path):
     """kill -9 of a worker mid-trial: after the grace period the surviving worker fails that
-    trial and runs its retry, which resumes from the last checkpoint; the budget stays exact."""
-    url, name = backend
+    trial and runs its retry, which resumes from the last checkpoint; the budget stays exact.
+    The same on every storage (Optuna's heartbeats on databases, vae-tune's elsewhere)."""
+    url, name = any_storage
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
-    victim = _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     killed_at = time.time()
     os.kill(int(victim.user_attrs["worker"].split(":")[-1]), signal.SIGKILL)
     code = run.wait()
@@ -381,7 +388,7 @@ def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, c
     url, name = backend
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
-    _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     sent = time.monotonic()
     run.popen.send_signal(signal.SIGINT)
     code = run.wait()
@@ -423,7 +430,7 @@ def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay
     url, name = f"sqlite:///{tmp_path / 's.db'}", "sig"
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
-    _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     time.sleep(delay)
     run.popen.send_signal(signal.SIGINT)
     assert run.wait() == 130, run.output
@@ -435,12 +442,13 @@ def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay
 def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     """A worker whose heartbeats were late finds its trial failed and retried by another: it
     stops that trial at the next epoch and goes on (here it runs the retry itself)."""
-    from vae_tune.tuning.storage import StudyLock, retry_callback
+    from vae_tune.tuning.locks import StudyLock
+    from vae_tune.tuning.storage import retry_callback
 
     url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
     spec = _spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
-    victim = _wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     study = _study(url, name)
     with StudyLock(url, name):  # as a worker's recovery does: fail and queue it at once
         study._storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # as if stale
@@ -469,7 +477,7 @@ def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path, w
     assert secret in with_password
     spec = _spec(tmp_path, with_password, name, {"training": {"pictures": True}})
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "3")
-    cmdlines = _wait_for(lambda: _worker_cmdlines(name), 60, "worker processes")
+    cmdlines = wait_for(lambda: _worker_cmdlines(name), 60, "worker processes")
     assert not any(secret in c for c in cmdlines), cmdlines  # `ps` shows no password
     assert run.wait() == 0, run.output
     outputs = [run.output]

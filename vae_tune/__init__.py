@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # the names below, for type checkers and editors
 
 _EXPORTS = {
     "tune": "vae_tune.api",
+    "submit": "vae_tune.api",
+    "Submitted": "vae_tune.api",
     "train": "vae_tune.api",
     "load": "vae_tune.api",
     "Result": "vae_tune.api",

@@ -42,6 +42,7 @@ from vae_tune.runner.launcher import (
     parse_workers,
     run_study,
     share_devices,
+    submit_study,
 )
 from vae_tune.runs import evaluation, sampling
 from vae_tune.runs.reproduce import reproduce
@@ -152,7 +153,8 @@ def stage_data(data: ArrayLike, labels: ArrayLike | None, folder: Path) -> dict[
     if x.ndim not in (2, 3):
         raise UserError(
             f"data: expected N examples x D features (a table) or N x H x W images, got shape "
-            f"{x.shape}", "data",
+            f"{x.shape}",
+            "data",
         )
     buffer = io.BytesIO()
     np.savez(buffer, x=x, **({"y": y} if y is not None else {}))
@@ -162,10 +164,93 @@ def stage_data(data: ArrayLike, labels: ArrayLike | None, folder: Path) -> dict[
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, raw, "data")
     if x.ndim == 2:  # rows of features: a table
-        return {"name": "table", "path": str(path), "key": "x",
-                **({"labels": "y"} if y is not None else {})}
+        return {
+            "name": "table",
+            "path": str(path),
+            "key": "x",
+            **({"labels": "y"} if y is not None else {}),
+        }
     labels_key = "y" if y is not None else None
     return {"name": "array", "path": str(path), "key": "x", "labels_key": labels_key}
+
+
+def _study_spec(
+    spec: SpecLike,
+    data: ArrayLike | None,
+    labels: ArrayLike | None,
+    storage: str | None,
+    study_name: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    epochs: int | None,
+    overrides: Mapping[str, Any] | None,
+    flags: Mapping[str, str] | None,
+) -> StudySpec:
+    """The checked spec of `tune` and `submit`: the spec with the keyword overrides, and
+    in-memory `data` staged as a file the workers read."""
+    given = dict(overrides or {})
+    given.update(
+        {
+            k: v
+            for k, v in {
+                "storage": storage,
+                "study_name": study_name,
+                "budget.n_trials": n_trials,
+                "budget.timeout": timeout,
+                "training.epochs": epochs,
+            }.items()
+            if v is not None
+        }
+    )
+    source = _spec_source(spec)
+    study_spec = load_spec(source, given, flags)
+    if data is not None:
+        folder = artifact_dir(study_spec.storage, study_spec.artifact_dir)
+        block = stage_data(data, labels, folder)
+        kept = study_spec.dataset.model_dump(exclude_defaults=True, exclude={"standardize"})
+        given["dataset"] = {**kept, **block}
+        study_spec = load_spec(source, given, flags)
+    return study_spec
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A study handed to a worker pool: its name, storage and budget."""
+
+    study_name: str
+    storage: str
+    budget: dict[str, Any]
+
+
+def submit(
+    spec: SpecLike = DEFAULT_SPEC,
+    *,
+    data: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    epochs: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    warm_start: WarmStart | None = None,
+    heartbeat: Mapping[str, int] | None = None,
+    echo: Echo = echo_stdout,
+    flags: Mapping[str, str] | None = None,
+) -> Submitted:
+    """Add a study to a worker pool and return at once: create it (or add `n_trials` to its
+    budget), checking its data and models now; pool workers (`vae-tune worker --all`) run its
+    trials. The arguments are `tune`'s."""
+    study_spec = _study_spec(
+        spec, data, labels, storage, study_name, n_trials, timeout, epochs, overrides, flags
+    )
+    study, budget = submit_study(
+        study_spec,
+        heartbeat=dict(heartbeat) if heartbeat else None,
+        warm_start=warm_start,
+        echo=echo,
+    )
+    return Submitted(study.study_name, study_spec.storage, budget)
 
 
 def tune(
@@ -202,24 +287,12 @@ def tune(
     if os.environ.get(WORKER_ENV_FLAG):
         raise UserError(
             "vae_tune.tune() was called while a worker process imported your module: guard "
-            "the call with `if __name__ == \"__main__\":`, as for multiprocessing"
+            'the call with `if __name__ == "__main__":`, as for multiprocessing'
         )
     say: Echo = echo if progress else (lambda *a, **k: None)
-    given = dict(overrides or {})
-    given.update({
-        k: v for k, v in {
-            "storage": storage, "study_name": study_name, "budget.n_trials": n_trials,
-            "budget.timeout": timeout, "training.epochs": epochs,
-        }.items() if v is not None
-    })
-    source = _spec_source(spec)
-    study_spec = load_spec(source, given, flags)
-    if data is not None:
-        folder = artifact_dir(study_spec.storage, study_spec.artifact_dir)
-        block = stage_data(data, labels, folder)
-        kept = study_spec.dataset.model_dump(exclude_defaults=True, exclude={"standardize"})
-        given["dataset"] = {**kept, **block}
-        study_spec = load_spec(source, given, flags)
+    study_spec = _study_spec(
+        spec, data, labels, storage, study_name, n_trials, timeout, epochs, overrides, flags
+    )
     device_names = list(devices) if isinstance(devices, list | tuple) else parse_devices(devices)
     device_list = share_devices(device_names, trials_per_device, study_spec.training.device)
     n_workers = parse_workers(str(workers)) if workers not in (None, "auto") else None
@@ -229,8 +302,11 @@ def tune(
         say(
             f"study {sp.study_name!r} in {mask_url(sp.storage)}\n"
             f"  data {sp.dataset.name}: {len(s.train)} train / {len(s.val)} validation "
-            + (f"rows of {len(s.features)} features" if s.features else
-               f"images of {s.image_shape[0]}x{s.image_shape[1]}")
+            + (
+                f"rows of {len(s.features)} features"
+                if s.features
+                else f"images of {s.image_shape[0]}x{s.image_shape[1]}"
+            )
             + "; "
             f"sampler {sp.sampler.name}, pruner {sp.pruner.name}, "
             f"{sp.training.epochs} epochs max"
@@ -357,9 +433,7 @@ class TrainedModel:
         return self.decode(z, y)
 
     @torch.no_grad()
-    def interpolate(
-        self, a: Any, b: Any, steps: int = 8, spherical: bool = False
-    ) -> torch.Tensor:
+    def interpolate(self, a: Any, b: Any, steps: int = 8, spherical: bool = False) -> torch.Tensor:
         """Decoded points on the path between the codes of two examples a and b."""
         za, zb = (self.model.code(self._x(v), None)[0] for v in (a, b))
         t = torch.linspace(0, 1, steps, device=za.device)[:, None]

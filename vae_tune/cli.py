@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def _user_errors(fn: F) -> F:
             raise typer.Exit(2) from None
         except (ServiceError, ConnectionError) as err:
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(getattr(err, "exit_code", 1)) from None
         except sqlalchemy.exc.SQLAlchemyError as err:
             typer.echo(f"error: storage: {db_reason(err)}", err=True)
             raise typer.Exit(1) from None
@@ -252,8 +253,24 @@ def run(
 @app.command()
 @_user_errors
 def worker(
-    study_name: Annotated[str, typer.Option(envvar="VAE_TUNE_STUDY_NAME", help="Study to join.")],
+    study_name: Annotated[
+        str | None, typer.Option(envvar="VAE_TUNE_STUDY_NAME", help="Study to join.")
+    ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    all_studies: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Serve every open study in the storage in turn (a worker pool) instead of one.",
+        ),
+    ] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="With --all: when no study has trials left, wait for new ones "
+            "(`vae-tune submit`) instead of exiting."
+        ),
+    ] = False,
     spec: Annotated[
         str | None,
         typer.Option(
@@ -285,19 +302,29 @@ def worker(
     heartbeat_grace: HeartbeatGraceOpt = None,
     max_retry: MaxRetryOpt = None,
 ) -> None:
-    """Join a study and run its trials until the study-wide budget is spent.
+    """Join a study and run its trials until the study-wide budget is spent; with --all, serve
+    every open study of the storage (a worker pool fed by `vae-tune submit`).
 
     Reads the spec stored on the study, so no local spec file is needed; start as many
     workers as you like, on any machine that reaches the storage. A worker whose budget is
-    spent waits for running trials, taking over those whose worker dies. Ctrl-C marks the
-    running trial FAIL, queues it to resume, and exits 130.
+    spent waits for running trials, taking over those whose worker dies. Ctrl-C or SIGTERM
+    mark the running trial FAIL, queue it to resume, and exit 130 (SIGTERM: 143). A database
+    that stays down longer than VAE_TUNE_DB_OUTAGE_S seconds (default 600) stops the worker
+    with exit code 75; start it again to resume.
     """
     from vae_tune.reporting.dashboard_views import publish_figures
     from vae_tune.reporting.progress import TrialProgress
     from vae_tune.runner.interrupts import Interrupts
+    from vae_tune.runner.pool import Pool
     from vae_tune.runner.worker import Worker, join_study, worker_name
     from vae_tune.tuning.storage import Heartbeat, mask_url
 
+    if all_studies == (study_name is not None):
+        raise UserError("give --study-name to join one study, or --all for every one", "worker")
+    if serve and not all_studies:
+        raise UserError("--serve goes with --all", "serve")
+    if all_studies and spec is not None:
+        raise UserError("--spec creates one study: use `vae-tune submit SPEC` for a pool", "spec")
     _quiet_optuna()
     beat = Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry)
     me = worker_name()
@@ -306,6 +333,28 @@ def worker(
         typer.echo(f"worker {me}: {line}")
 
     with Interrupts() as interrupts:  # from the start: a signal while joining stops cleanly
+        if all_studies:
+            typer.echo(f"worker {me} serves every open study in {mask_url(storage)}")
+            try:
+                with (
+                    TrialProgress(None, f"worker {me}:", echo=typer.echo) as progress,
+                    Pool(
+                        storage,
+                        interrupts,
+                        device=device,
+                        threads=threads,
+                        artifact_dir=artifact_dir,
+                        progress=progress.epoch,
+                        publish=publish_figures,
+                    ) as pool,
+                ):
+                    ran = pool.run([progress.trial], note, serve=serve)
+            except KeyboardInterrupt:
+                note("interrupted: the running trial is marked FAIL and queued to resume")
+                raise typer.Exit(interrupts.exit_code) from None
+            done = ", ".join(f"{n} {k}" for n, k in sorted(ran.items())) or "none"
+            note(f"{sum(ran.values())} trial(s) run ({done}); no study has trials left")
+            return
         prepared, heartbeat = join_study(
             study_name,
             storage,
@@ -334,22 +383,112 @@ def worker(
 
 @app.command()
 @_user_errors
+def submit(
+    spec: Annotated[
+        str | None,
+        typer.Argument(help="Study spec: a YAML file, or the name of a shipped spec."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name; overrides the spec's.")
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option(min=1, help="Trials to add to the study's budget.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
+    heartbeat_interval: HeartbeatIntervalOpt = None,
+    heartbeat_grace: HeartbeatGraceOpt = None,
+    max_retry: MaxRetryOpt = None,
+) -> None:
+    """Add a study to a worker pool and return at once: `vae-tune worker --all` runs it.
+
+    Creates the study (or adds --n-trials to its budget), after checking its data and models;
+    nothing trains here. `vae-tune studies` shows it as open until its budget is spent.
+    """
+    from vae_tune import api
+    from vae_tune.tuning.storage import Heartbeat, mask_url
+
+    _quiet_optuna()
+    overrides = {
+        "storage": storage,
+        "study_name": study_name,
+        "budget.n_trials": n_trials,
+        "budget.timeout": timeout,
+        "training.epochs": epochs,
+    }
+    flags = {
+        "storage": "--storage",
+        "study_name": "--study-name",
+        "budget.n_trials": "--n-trials",
+        "budget.timeout": "--timeout",
+        "training.epochs": "--epochs",
+    }
+    done = api.submit(
+        spec or DEFAULT_SPEC,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        flags=flags,
+        heartbeat=Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry),
+        echo=typer.echo,
+    )
+    budget = done.budget
+    size = f"{budget['target']} trial(s) in all" if budget["target"] is not None else "no count"
+    until = " before its deadline" if budget["deadline"] else ""
+    typer.echo(
+        f"submitted study {done.study_name!r} to {mask_url(done.storage)}: {size}{until}; "
+        f"pool workers run it (vae-tune worker --all --storage ...)"
+    )
+
+
+@app.command("storage-proxy")
+@_user_errors
+def storage_proxy(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve a database to many workers through Optuna's gRPC storage proxy.
+
+    Workers then use --storage grpc://HOST:PORT and hold no database connection: the proxy
+    keeps a small pool for all of them and checks each trial they claim against its study's
+    budget, so budgets stay exact. Needs grpcio: pip install 'vae-tune[grpc]'.
+    """
+    from vae_tune.runner.proxy import serve_proxy
+    from vae_tune.tuning.storage import GRPC, JOURNAL, require_grpc, storage_kind
+
+    if storage_kind(storage) in (GRPC, JOURNAL):
+        raise UserError("the proxy serves a database URL (PostgreSQL, MySQL, SQLite)", "storage")
+    require_grpc("the storage proxy")
+    _check_port_free(host, port)
+    logging.basicConfig(format="%(message)s")
+    serve_proxy(storage, host, port)
+
+
+@app.command()
+@_user_errors
 def studies(
     storage: StorageOpt = DEFAULT_STORAGE,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the rows as JSON (for scripts).")
     ] = False,
 ) -> None:
-    """List the studies in a storage: trials by state, best validation ELBO, its architecture."""
+    """List the studies in a storage: open (budget left), running or finished; trials by
+    state, best validation ELBO, its architecture."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from vae_tune.runner.pool import study_status
     from vae_tune.tuning.storage import mask_url
     from vae_tune.tuning.study import study_rows
 
-    rows = study_rows(storage)
+    rows = study_rows(storage, study_status)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -359,6 +498,7 @@ def studies(
     table = Table(title=f"studies in {mask_url(storage)}", title_justify="left")
     for name, justify in (
         ("study", "left"),
+        ("status", "left"),
         ("complete", "right"),
         ("pruned", "right"),
         ("failed", "right"),
@@ -376,6 +516,7 @@ def studies(
             name += f" (rate-distortion front of {len(r['pareto_front'])})"
         table.add_row(
             name,
+            r["status"] or "-",
             str(t["complete"]),
             str(t["pruned"]),
             str(t["fail"]),
@@ -384,7 +525,7 @@ def studies(
             r["best_architecture"] or "-",
             (r["started"] or "-").replace("T", " "),
         )
-    Console(width=max(100, Console().width), soft_wrap=False).print(table)
+    Console(width=max(120, Console().width), soft_wrap=False).print(table)
 
 
 def _printable(name: str) -> str:

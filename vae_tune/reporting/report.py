@@ -208,6 +208,6 @@ def write_report(
             + "</body></html>"
         )
     finally:
-        storage.engine.dispose()
+        storage.close()
     write_atomic(path, page)
     return drawn

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,22 +124,36 @@ def set_budget(
 
 
 def next_step(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, hold_for_reference: bool = False
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    hold_for_reference: bool = False,
+    trials: Sequence[FrozenTrial] | None = None,
 ) -> tuple[str, Tally]:
     """START a trial, WAIT for running ones (to take over if their worker dies) or be DONE.
     With `hold_for_reference` (a pruner that judges trials by a completed one), HOLD while
     trials run and none has completed: the first trial runs alone, so no trial can finish
-    before there is a curve to hold it to."""
+    before there is a curve to hold it to. `trials`: the study's trials, if just read."""
     budget = study.user_attrs.get(BUDGET_ATTR) or {}
-    tally = Tally.of(study.get_trials(deepcopy=False))
+    tally = Tally.of(study.get_trials(deepcopy=False) if trials is None else trials)
+    return decide(budget, tally, lambda: db_now(storage), hold_for_reference), tally
+
+
+def decide(
+    budget: dict[str, Any],
+    tally: Tally,
+    now: Callable[[], float],
+    hold_for_reference: bool = False,
+) -> str:
+    """The step a study's stored budget allows, given its tally (see `next_step`); `now` is
+    read only when the budget has a deadline."""
     deadline, target = budget.get("deadline"), budget.get("target")
-    if deadline is not None and db_now(storage) >= deadline:
-        return DONE, tally
+    if deadline is not None and now() >= deadline:
+        return DONE
     spent = (budget.get("grid") and tally.waiting == 0) or (
         target is not None and tally.committed >= target
     )
     if spent:
-        return (WAIT if tally.running else DONE), tally
+        return WAIT if tally.running else DONE
     if hold_for_reference and tally.running and not tally.complete:
-        return HOLD, tally
-    return START, tally
+        return HOLD
+    return START

@@ -32,9 +32,17 @@ from vae_tune.training.config import validate
 from vae_tune.training.hardware import available_cores
 from vae_tune.training.trainer import resolve_device
 from vae_tune.tuning.artifacts import artifact_dir
+from vae_tune.tuning.faults import EXIT_STORAGE_DOWN, RetryingStorage, StorageDown
+from vae_tune.tuning.locks import StudyLock
 from vae_tune.tuning.objective import Progress
 from vae_tune.tuning.spec import StudySpec, TrainingSpec
-from vae_tune.tuning.storage import Heartbeat, StudyLock, open_storage, sqlite_file
+from vae_tune.tuning.storage import (
+    Heartbeat,
+    mask_url,
+    open_storage,
+    sqlite_file,
+    use_heartbeat,
+)
 from vae_tune.tuning.study import Prepared, load_vae_study, prepare, study_heartbeat
 from vae_tune.tuning.warm_start import WarmStart
 
@@ -176,19 +184,43 @@ def run_study(
         )
         if budget["carried"]:
             echo(f"  budget: {budget['carried']} trial(s) left from an earlier run, plus these")
+        # one storage for the rest of the run (and the in-process worker): this process, too,
+        # holds at most the 2 connections of one pool (start_study's is closed, unused now)
+        storage = open_storage(spec.storage, Heartbeat())
+        study = load_vae_study(spec.study_name, spec.storage, storage, prepared)
         beat = study_heartbeat(study)
+        use_heartbeat(storage, beat)
         before = Tally.of(study.get_trials(deepcopy=False)).finished
         outcome = RunOutcome(study, 0)
         try:
             if n_workers == 1:
-                with Worker(prepared, beat, interrupts, on_epoch, publish) as worker:
+                with Worker(prepared, beat, interrupts, on_epoch, publish, storage) as worker:
                     worker.run([on_trial] if on_trial else [], echo)
             else:
-                outcome.ok = _run_workers(prepared, n_workers, devices, beat, interrupts, echo)
+                outcome.ok = _run_workers(
+                    prepared, n_workers, devices, beat, interrupts, echo, storage
+                )
         except KeyboardInterrupt:
             outcome.interrupted = True
-    outcome.finished = Tally.of(study.get_trials(deepcopy=False)).finished - before
+        finally:
+            outcome.finished = Tally.of(study.get_trials(deepcopy=False)).finished - before
+            storage.close()  # a database's connections; the study reconnects if used again
     return outcome
+
+
+def submit_study(
+    spec: StudySpec,
+    *,
+    heartbeat: dict[str, int] | None = None,
+    warm_start: WarmStart | None = None,
+    echo: Echo = print,
+) -> tuple[optuna.Study, dict[str, Any]]:
+    """Create the study of `spec` (or add to its budget) for a worker pool, and return at
+    once: its data and models are checked now, its trials run in `vae-tune worker --all`."""
+    check_shareable(spec.storage, 2)
+    prepared = prepare(spec)
+    known = warm_start.gather(spec.storage) if warm_start else []
+    return start_study(prepared, spec.budget.n_trials, spec.budget.timeout, heartbeat, known, echo)
 
 
 def _run_workers(
@@ -198,35 +230,37 @@ def _run_workers(
     heartbeat: Heartbeat,
     interrupts: Interrupts,
     echo: Echo,
+    storage: RetryingStorage,
 ) -> bool:
     """Start the workers, wait; return whether all went well. KeyboardInterrupt after Ctrl-C."""
     spec = prepared.spec
-    storage = open_storage(spec.storage)
-    try:
-        study = load_vae_study(spec.study_name, spec.storage, storage)
-        if next_step(study, storage)[0] == DONE:
-            echo("  nothing to run: the budget is spent (a grid covered, or no trials asked for)")
-            return True
-        threads = spec.training.threads or split_threads(workers)
-        where = ", ".join(devices) if devices else spec.training.device
-        echo(f"  {workers} workers ({where}, {threads} torch thread(s) each)")
-        codes, killed = _launch(spec, workers, devices, echo, interrupts, threads)
-        if killed:  # their trials are still RUNNING: fail and queue them now, not after the grace
-            requeue_trials_of(spec, killed, heartbeat.max_retry)
-        if interrupts.requested:
-            raise KeyboardInterrupt
-        with StudyLock(spec.storage, spec.study_name):
-            recover(study)
-        bad = [(i, c) for i, c in enumerate(codes, 1) if c != 0]
-        for i, code in bad:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            echo(f"worker {i} {how}", err=True)
-        spent = next_step(study, storage)[0] == DONE
-        if bad and spent:
-            echo("the other workers took over its trials: the budget is spent", err=True)
-        return spent or not bad
-    finally:
-        storage.engine.dispose()
+    study = load_vae_study(spec.study_name, spec.storage, storage)
+    if next_step(study, storage)[0] == DONE:
+        echo("  nothing to run: the budget is spent (a grid covered, or no trials asked for)")
+        return True
+    threads = spec.training.threads or split_threads(workers)
+    where = ", ".join(devices) if devices else spec.training.device
+    echo(f"  {workers} workers ({where}, {threads} torch thread(s) each)")
+    codes, killed = _launch(spec, workers, devices, echo, interrupts, threads)
+    if killed:  # their trials are still RUNNING: fail and queue them now, not after the grace
+        requeue_trials_of(spec, killed, heartbeat.max_retry, storage)
+    if interrupts.requested:
+        raise KeyboardInterrupt
+    with StudyLock(storage, spec.study_name):
+        recover(study, storage, heartbeat)
+    if EXIT_STORAGE_DOWN in codes:
+        raise StorageDown(
+            f"a worker stopped: storage {mask_url(spec.storage)} did not answer for longer "
+            "than VAE_TUNE_DB_OUTAGE_S; run again to resume once it is back"
+        )
+    bad = [(i, c) for i, c in enumerate(codes, 1) if c != 0]
+    for i, code in bad:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        echo(f"worker {i} {how}", err=True)
+    spent = next_step(study, storage)[0] == DONE
+    if bad and spent:
+        echo("the other workers took over its trials: the budget is spent", err=True)
+    return spent or not bad
 
 
 def _relay(stream: Any, echo: Echo, err: bool, lock: threading.Lock) -> None:

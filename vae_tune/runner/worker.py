@@ -24,18 +24,30 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_tune.errors import ServiceError, UserError
-from vae_tune.runner.budget import BUDGET_ATTR, DONE, HOLD, START, WAIT, next_step, set_budget
+from vae_tune.runner.budget import (
+    BUDGET_ATTR,
+    DONE,
+    HOLD,
+    START,
+    WAIT,
+    Tally,
+    next_step,
+    set_budget,
+)
 from vae_tune.runner.interrupts import Interrupts
-from vae_tune.runner.recovery import recover, requeue
+from vae_tune.runner.proxy import is_refusal
+from vae_tune.runner.recovery import record_beat, recover, requeue
 from vae_tune.training.config import validate
 from vae_tune.tuning import record
 from vae_tune.tuning.artifacts import open_artifact_store
 from vae_tune.tuning.checkpoint import TrialCheckpoints, discard, release
 from vae_tune.tuning.curve_pruner import LearningCurvePruner
+from vae_tune.tuning.faults import RetryingStorage, StorageDown
+from vae_tune.tuning.locks import StudyLock
 from vae_tune.tuning.objective import Objective, Progress
 from vae_tune.tuning.record import read
 from vae_tune.tuning.spec import StudySpec, load_spec
-from vae_tune.tuning.storage import Heartbeat, StudyLock, db_reason, open_storage
+from vae_tune.tuning.storage import Heartbeat, db_reason, open_storage, use_heartbeat
 from vae_tune.tuning.study import (
     SPEC_ATTR,
     Prepared,
@@ -46,6 +58,7 @@ from vae_tune.tuning.study import (
 )
 from vae_tune.tuning.warm_start import Known, enqueue_baseline, enqueue_known
 
+RAN = "ran"  # Worker.step ran a trial
 HOLD_POLL_S = 0.25  # how often a held worker looks whether the first trial has finished
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 Echo = Callable[[str], None]
@@ -58,9 +71,9 @@ def worker_name() -> str:
 
 class _Beat:
     """Records a running trial's heartbeat every `interval` seconds in a background thread
-    (Optuna's public `record_heartbeat`), from the moment the trial is claimed."""
+    (`vae_tune.runner.recovery.record_beat`), from the moment the trial is claimed."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: int):
+    def __init__(self, storage: RetryingStorage, trial_id: int, interval: int):
         self._stop = threading.Event()
         self._args = (storage, trial_id, interval)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -69,7 +82,7 @@ class _Beat:
         storage, trial_id, interval = self._args
         while True:
             try:
-                storage.record_heartbeat(trial_id)
+                record_beat(storage, trial_id)
             except Exception:  # noqa: BLE001 - a missed beat only risks a takeover
                 _log.debug("heartbeat of trial id %s failed", trial_id, exc_info=True)
             if self._stop.wait(interval):
@@ -94,25 +107,33 @@ class Worker:
         interrupts: Interrupts,
         progress: Progress | None = None,
         publish: Callable[[optuna.Study], None] | None = None,
+        storage: RetryingStorage | None = None,
+        objective: Callable[[optuna.Trial], float] | None = None,
     ):
         """`publish(study)` runs under the study lock after each finished trial: the CLI and
-        the API pass the dashboard's figures (kept out of this layer and its imports)."""
+        the API pass the dashboard's figures (kept out of this layer and its imports). A pool
+        worker passes its one `storage` to the seats of all its studies. `objective` replaces
+        the VAE's training (bench/scale.py times the loop around a stand-in)."""
         spec = prepared.spec
         self.publish = publish
         self.prepared, self.heartbeat, self.interrupts = prepared, heartbeat, interrupts
-        self.storage = open_storage(spec.storage, heartbeat)
+        self._owns_storage = storage is None
+        self.storage = storage or open_storage(spec.storage, heartbeat)
+        if not self._owns_storage:
+            use_heartbeat(self.storage, heartbeat)
         self.study = load_vae_study(spec.study_name, spec.storage, self.storage, prepared)
         self.study_id = self.storage.get_study_id_from_name(spec.study_name)
-        self.lock = StudyLock(spec.storage, spec.study_name)
+        self.lock = StudyLock(self.storage, spec.study_name)
         self.store = open_artifact_store(spec.storage, spec.artifact_dir)
         self.name = worker_name()
+        self._told: str | None = None  # the HOLD or WAIT line last echoed
         # the curve pruner holds a trial to a completed trial's curve: until one has finished,
         # a trial running beside the first could finish unjudged and mislead the sampler (seen:
         # a latent-2 trial finished first at -169 nats, and TPE drew four more near it)
         self.hold_for_reference = (
             isinstance(self.study.pruner, LearningCurvePruner) and len(self.study.directions) == 1
         )
-        self.objective = Objective(
+        self.objective = objective or Objective(
             spec,
             prepared.splits,
             checkpoints_factory=lambda trial: TrialCheckpoints(trial, self.store),
@@ -128,7 +149,8 @@ class Worker:
 
     def close(self) -> None:
         self.lock.close()
-        self.storage.engine.dispose()
+        if self._owns_storage:
+            self.storage.close()
 
     def run(self, callbacks: Sequence[Callback] = (), echo: Echo | None = None) -> int:
         """Run trials until the study's budget is spent; return how many ran here.
@@ -138,51 +160,83 @@ class Worker:
         trials run, to take over any whose worker dies.
         """
         echo = echo or (lambda _line: None)
-        poll = min(2.0, self.heartbeat.interval)
-        ran, told_waiting, told_holding = 0, False, False
+        ran = 0
         while True:
-            if self.interrupts.requested or not self.lock.acquire(
-                lambda: self.interrupts.requested
-            ):
-                raise KeyboardInterrupt
-            trial = None
-            try:
-                for number in recover(self.study):
-                    echo(
-                        f"trial {number:>4}  its worker stopped (no heartbeat for "
-                        f"{self.heartbeat.grace} s): marked FAIL and queued to resume"
-                    )
-                step, tally = next_step(self.study, self.storage, self.hold_for_reference)
-                if step == START:
-                    with warnings.catch_warnings():
-                        # Optuna warns that heartbeats are meant for Study.optimize: this loop
-                        # is the ask-and-tell equivalent and beats itself (_Beat)
-                        warnings.simplefilter("ignore", UserWarning)
-                        trial = self.study.ask()  # RUNNING in the database before the lock goes
-            finally:
-                self.lock.release()
-            if trial is not None:
-                told_waiting = False
-                self._run_trial(trial, callbacks, echo)
+            step, tally = self.step(callbacks, echo)
+            if step == RAN:
                 ran += 1
             elif step == DONE:
                 return ran
             elif step == HOLD:
-                if not told_holding:
-                    echo(
-                        "waiting for the first trial to finish: the curve pruner judges every "
-                        "other trial by a finished one"
-                    )
-                    told_holding = True
                 self.interrupts.sleep(HOLD_POLL_S)
             elif step == WAIT:
-                if not told_waiting:
-                    echo(
-                        f"budget spent; waiting for {tally.running} running trial(s) "
-                        "to finish (taking over if their worker dies)"
-                    )
-                    told_waiting = True
-                self.interrupts.sleep(poll)
+                self.interrupts.sleep(self.poll_s)
+
+    @property
+    def poll_s(self) -> float:
+        """How often a worker with nothing to start looks again."""
+        return min(2.0, self.heartbeat.interval)
+
+    def step(self, callbacks: Sequence[Callback] = (), echo: Echo | None = None) -> tuple:
+        """Claim one trial and run it (RAN), or say why not: HOLD, WAIT or DONE (with the
+        study's tally). Raises KeyboardInterrupt after Ctrl-C."""
+        echo = echo or (lambda _line: None)
+        step, tally, trial = self._claim(echo)
+        if trial is None:
+            self._tell_why(step, tally, echo)
+            return step, tally
+        self._told = None
+        self._run_trial(trial, callbacks, echo)
+        return RAN, tally
+
+    def _claim(self, echo: Echo) -> tuple[str, Tally, optuna.Trial | None]:
+        """Under the study lock: recover dead workers' trials, count, ask for a trial."""
+        if self.interrupts.requested or not self.lock.acquire(lambda: self.interrupts.requested):
+            raise KeyboardInterrupt
+        if not self._owns_storage:  # a pool's storage serves studies with their own settings
+            use_heartbeat(self.storage, self.heartbeat)
+        trial = None
+        try:
+            trials = self.study.get_trials(deepcopy=False)  # read once for both
+            gone = recover(self.study, self.storage, self.heartbeat, trials)
+            for number in gone:
+                echo(
+                    f"trial {number:>4}  its worker stopped (no heartbeat for "
+                    f"{self.heartbeat.grace} s): marked FAIL and queued to resume"
+                )
+            step, tally = next_step(
+                self.study, self.storage, self.hold_for_reference, None if gone else trials
+            )
+            if step == START:
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats are meant for Study.optimize: this loop
+                    # is the ask-and-tell equivalent and beats itself (_Beat)
+                    warnings.simplefilter("ignore", UserWarning)
+                    try:
+                        trial = self.study.ask()  # RUNNING in the storage before the lock goes
+                    except KeyError as err:  # the storage proxy refused: the budget is spent
+                        if not is_refusal(err):
+                            raise
+                        step = WAIT
+        finally:
+            self.lock.release()
+        return step, tally, trial
+
+    def _tell_why(self, step: str, tally: Tally, echo: Echo) -> None:
+        """One line when a worker starts to hold or wait (not one per poll)."""
+        if step == self._told or step == DONE:
+            return
+        self._told = step
+        if step == HOLD:
+            echo(
+                "waiting for the first trial to finish: the curve pruner judges every "
+                "other trial by a finished one"
+            )
+        elif step == WAIT:
+            echo(
+                f"budget spent; waiting for {tally.running} running trial(s) "
+                "to finish (taking over if their worker dies)"
+            )
 
     def _run_trial(self, trial: optuna.Trial, callbacks: Sequence[Callback], echo: Echo) -> None:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
@@ -198,6 +252,9 @@ class Worker:
                 raise
             except UpdateFinishedTrialError:
                 taken_over = True  # another worker failed it meanwhile (our beats were late)
+            except StorageDown:
+                self._requeue(trial_id)  # if the storage is back by now; else the heartbeat's
+                raise
             except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as err:
                 self._requeue(trial_id)
                 cause = err.__cause__ if isinstance(err, StorageInternalError) else err
@@ -260,7 +317,7 @@ def start_study(
         storage = open_storage(spec.storage, Heartbeat())
         try:
             study = open_study(prepared, storage, heartbeat)
-            recover(study)
+            recover(study, storage, study_heartbeat(study, heartbeat))
             new = not study.get_trials(deepcopy=False)
             lines = enqueue_known(study, spec.search_space, list(known))
             if new and spec.sampler.baseline and prepared.grid is None:
@@ -269,7 +326,7 @@ def start_study(
                 (echo or print)(f"  {line}")
             budget = set_budget(study, storage, prepared.grid, n_trials, timeout)
         finally:
-            storage.engine.dispose()
+            storage.close()
     return study, budget
 
 
@@ -304,44 +361,47 @@ def join_study(
     threads: int | None = None,
     artifact_dir: str | None = None,
     heartbeat: dict[str, int] | None = None,
+    storage: RetryingStorage | None = None,
 ) -> tuple[Prepared, Heartbeat]:
     """What a worker needs to join a study, read from the study itself.
 
     With `spec_file`, a study that does not exist yet is created from that spec first (as
     `run` would, budget included), so identical workers can be started together (compose).
+    A pool worker passes its opened `storage` (no connection of its own is opened then).
     """
-    with StudyLock(storage_url, study_name):  # also serializes creating the tables
-        storage = open_storage(storage_url)
+    own = storage is None
+    lock = StudyLock(storage_url if own else storage, study_name)
+    with lock:  # also serializes creating the tables
+        opened = open_storage(storage_url) if own else storage
         try:
-            if study_name not in optuna.get_all_study_names(storage) and spec_file is not None:
+            if study_name not in optuna.get_all_study_names(opened) and spec_file is not None:
                 new = load_spec(spec_file, {"storage": storage_url, "study_name": study_name})
                 made = prepare(new)
-                study = open_study(made, storage, heartbeat)
-                set_budget(study, storage, made.grid, new.budget.n_trials, new.budget.timeout)
+                study = open_study(made, opened, heartbeat)
+                set_budget(study, opened, made.grid, new.budget.n_trials, new.budget.timeout)
             hint = ": start it with `vae-tune run SPEC`, or give --spec to create it"
-            study = load_vae_study(study_name, storage_url, storage, hint=hint)
+            study = load_vae_study(study_name, storage_url, opened, hint=hint)
             if SPEC_ATTR not in study.user_attrs:
                 raise UserError(f"study {study_name!r} has no stored spec", "study_name")
             spec = stored_study_spec(
                 study, storage_url, device=device, threads=threads, artifact_dir=artifact_dir
             )
             if BUDGET_ATTR not in study.user_attrs:  # made by an older vae-tune or by hand
-                set_budget(study, storage, None, spec.budget.n_trials, spec.budget.timeout)
+                set_budget(study, opened, None, spec.budget.n_trials, spec.budget.timeout)
             beat = study_heartbeat(study, heartbeat)
         finally:
-            storage.engine.dispose()
+            if own:
+                opened.close()
     return prepare(spec), beat  # loading data: not while holding the lock
 
 
-def requeue_trials_of(spec: StudySpec, workers: Sequence[str], max_retry: int) -> None:
+def requeue_trials_of(
+    spec: StudySpec, workers: Sequence[str], max_retry: int, storage: RetryingStorage
+) -> None:
     """Fail and queue the RUNNING trials of workers (host:pid) that were killed."""
-    storage = open_storage(spec.storage)
-    try:
-        study = load_vae_study(spec.study_name, spec.storage, storage)
-        study_id = storage.get_study_id_from_name(spec.study_name)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if read(t).worker in workers:
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-                requeue(study, storage, trial_id, max_retry)
-    finally:
-        storage.engine.dispose()
+    study = load_vae_study(spec.study_name, spec.storage, storage)
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if read(t).worker in workers:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            requeue(study, storage, trial_id, max_retry)

@@ -1,19 +1,20 @@
-"""Storage behind a URL: any SQLAlchemy URL Optuna's RDB storage takes; passwords masked.
+"""Storage behind a URL: a database (any SQLAlchemy URL Optuna's RDB storage takes), Optuna's
+gRPC storage proxy (`grpc://host:port`) or a journal file (`journal:///path/study.log`);
+passwords masked wherever a URL is printed.
 
 Many worker processes share one storage, so it also provides what they need to cooperate:
-heartbeats (a dead worker's trial is failed after the grace period and queued again), SQLite in
-WAL mode (readers such as the dashboard never block the writers), and `StudyLock`, one mutex
-per study across processes and machines, held for the few milliseconds a worker needs to count
-the study's trials and claim the next one (so the budget is exact, see `vae_tune.tuning.study`).
+a bounded connection pool (at most 2 connections per worker, `WORKER_POOL`), retries through
+database faults (`vae_tune.tuning.faults`), heartbeats (a dead worker's trial is failed after
+the grace period and queued again), and SQLite in WAL mode (readers such as the dashboard never
+block the writers). The per-study mutex is `vae_tune.tuning.locks.StudyLock`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
+import os
 import re
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,9 +26,11 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from sqlalchemy.engine import URL, make_url
 
 from vae_tune.errors import UserError
+from vae_tune.tuning.faults import RetryingStorage
 
 # query keys that carry credentials (password=, sslpassword=, passfile=, auth_token=, ...)
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|api_?key", re.IGNORECASE)
@@ -74,10 +77,43 @@ def redact(text: str, url: str) -> str:
     return text
 
 
+GRPC, JOURNAL = "grpc", "journal"
+
+
+def storage_kind(url: str) -> str:
+    """What a storage URL names: "grpc" (Optuna's storage proxy), "journal" (a journal file)
+    or the SQLAlchemy backend of a database ("sqlite", "postgresql", "mysql", ...)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in (GRPC, JOURNAL):
+        return scheme
+    return _parse(url).get_backend_name()
+
+
+def journal_file(url: str) -> Path | None:
+    """The file of a `journal://` URL: `journal:///abs/study.log` (absolute) or
+    `journal://study.log` (relative to the working folder); None for other URLs."""
+    if storage_kind(url) != JOURNAL:
+        return None
+    rest = url.split("://", 1)[1]
+    if not rest or rest.endswith("/"):
+        raise UserError(f"a journal URL names a file: {url}", "storage")
+    return Path(rest)
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """Host and port of a `grpc://host:port` URL (port 13000 if omitted, as Optuna's)."""
+    parsed = _parse(url)
+    if not parsed.host:
+        raise UserError(f"a gRPC storage URL is grpc://HOST:PORT, got {url}", "storage")
+    return parsed.host, parsed.port or 13000
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL; None for in-memory SQLite and for servers.
 
     Handles `sqlite:///file:x.db?uri=true` URI filenames as SQLite itself reads them."""
+    if storage_kind(url) in (GRPC, JOURNAL):
+        return None
     parsed = _parse(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -87,11 +123,34 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def engine_kwargs(url: str) -> dict:
-    if _parse(url).get_backend_name() == "sqlite":
-        # wait for a writer instead of failing with "database is locked"
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+# A worker's connection budget: one connection kept open, a second opened only while two
+# are needed at once (the study lock is held while Optuna writes, or a heartbeat meets a
+# report) and closed when returned. SQLAlchemy's pool enforces the cap of 2: a third request
+# waits for one of them. The storage proxy serves many workers, so it keeps more.
+WORKER_POOL = (1, 1)
+APPLICATION_NAME = "vae-tune"
+PROXY_POOL = (4, 4)
+
+
+def engine_kwargs(url: str, pool: tuple[int, int] = WORKER_POOL) -> dict:
+    """SQLAlchemy engine settings: a bounded pool that tests a connection before use (a
+    restarted server costs a reconnect, not an error); SQLite waits for a writer."""
+    size, overflow = pool
+    kwargs: dict[str, Any] = {
+        "pool_size": size,
+        "max_overflow": overflow,
+        "pool_timeout": 60,
+        "pool_pre_ping": True,
+    }
+    backend = _parse(url).get_backend_name()
+    if backend == "sqlite":
+        if sqlite_file(url) is None:  # in-memory: one connection, no pool to bound
+            return {}
+        kwargs["connect_args"] = {"timeout": 60}  # wait for a writer, not "database is locked"
+    elif backend == "postgresql" and "application_name" not in _parse(url).query:
+        # pg_stat_activity then says whose connections these are
+        kwargs["connect_args"] = {"application_name": f"{APPLICATION_NAME} pid {os.getpid()}"}
+    return kwargs
 
 
 @dataclass(frozen=True)
@@ -160,24 +219,38 @@ def retry_callback(max_retry: int) -> Callable[[optuna.Study, Any], None]:
         )
 
 
-def use_heartbeat(storage: optuna.storages.RDBStorage, beat: Heartbeat) -> None:
-    """Switch an opened storage to these heartbeat settings (public attributes of Optuna's
-    RDBStorage, as its constructor sets them)."""
-    storage.heartbeat_interval = beat.interval
-    storage.grace_period = beat.grace
-    storage.heartbeat_stale_trial_callback = retry_callback(beat.max_retry)
-    storage.failed_trial_callback = storage.heartbeat_stale_trial_callback
+def use_heartbeat(storage: RetryingStorage, beat: Heartbeat) -> None:
+    """Switch an opened RDB storage to these heartbeat settings (public attributes of Optuna's
+    RDBStorage, as its constructor sets them); other storages read them from the study."""
+    raw = storage.raw
+    if isinstance(raw, optuna.storages.RDBStorage):
+        raw.heartbeat_interval = beat.interval
+        raw.grace_period = beat.grace
+        raw.heartbeat_stale_trial_callback = retry_callback(beat.max_retry)
+        raw.failed_trial_callback = raw.heartbeat_stale_trial_callback
 
 
 def open_storage(
-    url: str, heartbeat: Heartbeat | None = None, *, must_exist: bool = False
-) -> optuna.storages.RDBStorage:
-    """Open the study database at `url`, creating its tables if needed.
+    url: str,
+    heartbeat: Heartbeat | None = None,
+    *,
+    must_exist: bool = False,
+    pool: tuple[int, int] = WORKER_POOL,
+) -> RetryingStorage:
+    """Open the storage at `url`, creating a database's tables if needed; close it with
+    `.close()`. Every call on it is retried through database faults (`vae_tune.tuning.faults`).
 
-    With `heartbeat`, trials run through this storage record heartbeats and stale ones are
-    retried. Reading commands (studies, export, report, dashboard) pass `must_exist`: they
-    never create a database, so a mistyped SQLite path is an error, not a new empty file.
+    `url` is a SQLAlchemy database URL, `grpc://host:port` (Optuna's storage proxy, started
+    with `vae-tune storage-proxy`) or `journal:///path/study.log` (Optuna's journal file with
+    its file lock: a shared file system and no database). With `heartbeat`, an RDB storage
+    records Optuna's heartbeats (the others get vae-tune's, see `vae_tune.runner.recovery`).
+    Reading commands pass `must_exist`: they never create a database or a journal.
     """
+    kind = storage_kind(url)
+    if kind == GRPC:
+        return _open_grpc(url)
+    if kind == JOURNAL:
+        return _open_journal(url, must_exist)
     path = sqlite_file(url)
     if must_exist and path is not None and not path.is_file():
         raise UserError(f"no such database file: {path}", "storage")
@@ -188,17 +261,64 @@ def open_storage(
             "grace_period": heartbeat.grace,
             "heartbeat_stale_trial_callback": retry_callback(heartbeat.max_retry),
         }
-    with _connection_errors(url):
+    with connection_errors(url):
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **beat)
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url, pool), **beat)
         if path is not None and not must_exist:
-            _use_wal(storage.engine)
-    return storage
+            _use_wal(rdb.engine)
+    cached = optuna.storages.get_storage(rdb)  # Optuna's in-process cache of finished trials
+    return RetryingStorage(
+        cached, mask_url(url), raw=rdb, close=rdb.engine.dispose, kind=kind, path=path
+    )
+
+
+def require_grpc(what: str) -> None:
+    """A UserError naming the extra unless Optuna's gRPC proxy can be imported."""
+    try:
+        import google.protobuf  # noqa: F401 - Optuna's proxy speaks protobuf over grpcio
+        import grpc  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise UserError(
+            f"{what} needs {err.name}: pip install 'vae-tune[grpc]'", "storage"
+        ) from None
+
+
+def _open_grpc(url: str) -> RetryingStorage:
+    host, port = grpc_address(url)
+    require_grpc(url)
+    with warnings.catch_warnings():  # "experimental" since Optuna 4.2; we rely on it
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=15)
+    except Exception:  # noqa: BLE001 - grpc's FutureTimeoutError and friends
+        proxy.close()
+        raise ConnectionError(
+            f"cannot open storage {url}: no storage proxy answers there (start one with "
+            "`vae-tune storage-proxy --storage DB_URL --port PORT`)"
+        ) from None
+    # no close: like a disposed engine, which reconnects when used again, the channel must
+    # keep serving the studies handed out on it (a Result's study); it holds no database
+    # connection, and closes with the process
+    return RetryingStorage(proxy, url, kind=GRPC)
+
+
+def _open_journal(url: str, must_exist: bool) -> RetryingStorage:
+    path = journal_file(url)
+    assert path is not None
+    if must_exist and not path.is_file():
+        raise UserError(f"no such journal file: {path}", "storage")
+    if not path.parent.is_dir():
+        raise UserError(f"no such folder for the journal file: {path.parent}", "storage")
+    # the open lock (O_EXCL create) is the one that works on NFS and every POSIX file system
+    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    journal = optuna.storages.JournalStorage(backend)
+    return RetryingStorage(journal, url, kind=JOURNAL, path=path)
 
 
 @contextlib.contextmanager
-def _connection_errors(url: str) -> Iterator[None]:
+def connection_errors(url: str) -> Iterator[None]:
     """A missing driver or a file that is no database -> UserError; an unreachable database ->
     ConnectionError; all with every credential masked (the CLI prints them without a traceback).
     """
@@ -237,125 +357,18 @@ def _use_wal(engine: sqlalchemy.engine.Engine) -> None:
         pass
 
 
-class StudyLock:
-    """A mutex for one study shared by every process on every machine that uses the storage.
-
-    PostgreSQL: a session advisory lock; MySQL: GET_LOCK; both vanish with the connection, so a
-    worker killed while holding one never blocks the others. SQLite: an exclusive `flock` on a
-    file beside the database (SQLite serves one machine anyway). Waiting polls, so a Ctrl-C
-    (`should_stop`) is honoured while another process holds the lock.
-    """
-
-    POLL_S = 0.02
-
-    def __init__(self, url: str, study_name: str):
-        self._url = url
-        self._name = study_name
-        digest = hashlib.sha1(f"vae-tune:{study_name}".encode()).digest()
-        self._key = int.from_bytes(digest[:8], "big", signed=True)
-        self._mysql_name = f"vae-tune:{digest.hex()[:40]}"
-        self._backend = _parse(url).get_backend_name()
-        self._engine: sqlalchemy.engine.Engine | None = None
-        self._conn: sqlalchemy.engine.Connection | None = None
-        self._file: Any = None
-        self._local = threading.Lock()
-        self._held = False
-
-    def _try(self) -> bool:
-        if self._backend in ("postgresql", "mysql", "mariadb"):
-            if self._conn is None:
-                with _connection_errors(self._url):
-                    self._engine = sqlalchemy.create_engine(
-                        self._url, poolclass=sqlalchemy.pool.NullPool
-                    )
-                    conn = self._engine.connect()
-                self._conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            if self._backend == "postgresql":
-                sql, args = "SELECT pg_try_advisory_lock(:k)", {"k": self._key}
-            else:
-                sql, args = "SELECT GET_LOCK(:k, 0)", {"k": self._mysql_name}
-            try:
-                return bool(self._conn.execute(sqlalchemy.text(sql), args).scalar())
-            except sqlalchemy.exc.DBAPIError:  # the server restarted: reconnect next time
-                self._drop_connection()
-                return False
-        path = sqlite_file(self._url)
-        try:
-            import fcntl
-        except ImportError:  # not POSIX (Windows): one process at a time is all we can promise
-            path = None
-        if path is None:  # in-memory SQLite or no flock: this process only
-            return self._local.acquire(blocking=False)
-        if self._file is None:
-            self._file = open(path.with_name(f"{path.name}-vae-tune.lock"), "a+b")  # noqa: SIM115
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def acquire(self, should_stop: Callable[[], bool] | None = None) -> bool:
-        """Wait for the lock; False (not held) if `should_stop()` turns true while waiting."""
-        while not self._try():
-            if should_stop is not None and should_stop():
-                return False
-            time.sleep(self.POLL_S)
-        self._held = True
-        return True
-
-    def release(self) -> None:
-        """Release the lock if held (safe to call twice)."""
-        if not self._held:
-            return
-        self._held = False
-        if self._conn is not None:
-            sql = (
-                "SELECT pg_advisory_unlock(:k)"
-                if self._backend == "postgresql"
-                else "SELECT RELEASE_LOCK(:k)"
-            )
-            key = self._key if self._backend == "postgresql" else self._mysql_name
-            try:
-                self._conn.execute(sqlalchemy.text(sql), {"k": key})
-            except sqlalchemy.exc.DBAPIError:  # connection gone: so is the lock
-                self._drop_connection()
-        elif self._file is not None:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        else:
-            self._local.release()
-
-    def __enter__(self) -> StudyLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
-                self._conn.close()
-            self._conn = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    def close(self) -> None:
-        self.release()
-        self._drop_connection()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 def db_now(storage: optuna.storages.BaseStorage) -> float:
     """Now, in seconds since the epoch, on the database's clock (so deadlines agree across
-    hosts whose clocks differ); this host's clock for storages without an engine."""
+    hosts whose clocks differ); this host's clock for storages without an engine (the proxy,
+    the journal: keep the hosts' clocks in sync, NTP)."""
     engine = getattr(storage, "engine", None)
     if engine is None:
         return time.time()
+    outage = getattr(storage, "outage", None)
+    return outage.call(_db_clock, engine) if outage is not None else _db_clock(engine)
+
+
+def _db_clock(engine: sqlalchemy.engine.Engine) -> float:
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":  # UTC text with second resolution; add the fraction
             text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()

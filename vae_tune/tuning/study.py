@@ -12,6 +12,7 @@ import difflib
 import statistics
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,17 +236,20 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return {s.name: states.get(s.name, 0) for s in TrialState}
 
 
-def study_rows(storage_url: str) -> list[dict[str, Any]]:
+def study_rows(
+    storage_url: str, status: Callable[[optuna.Study], str] | None = None
+) -> list[dict[str, Any]]:
     """One row per study in a storage (read only): trials by state, the best validation ELBO
     and its architecture (two-objective studies: also the Pareto front's trials), whether
-    vae-tune made it."""
+    vae-tune made it, and `status(study)` (open, running, finished: the runner knows)."""
     storage = open_storage(storage_url, must_exist=True)
     rows = []
     try:
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            ours = MARKER_ATTR in summary.user_attrs
             try:
-                best = best_trial(study) if MARKER_ATTR in summary.user_attrs else None
+                best = best_trial(study) if ours else None
             except ValueError:
                 best = None
             model = read(best).model if best else {}
@@ -254,7 +258,7 @@ def study_rows(storage_url: str) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "study": summary.study_name,
-                    "vae_tune": MARKER_ATTR in summary.user_attrs,
+                    "vae_tune": ours,
                     "objective": "rate_distortion" if multi else "elbo",
                     "trials": {k.lower(): v for k, v in counts(study).items()},
                     "best_value": validation_elbo(best) if best else None,
@@ -262,8 +266,9 @@ def study_rows(storage_url: str) -> list[dict[str, Any]]:
                     "best_architecture": model.get("architecture"),
                     "pareto_front": [t.number for t in study.best_trials] if multi else None,
                     "started": started.isoformat(timespec="seconds") if started else None,
+                    "status": status(study) if status and ours else None,
                 }
             )
     finally:
-        storage.engine.dispose()
+        storage.close()
     return rows

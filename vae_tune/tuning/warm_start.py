@@ -78,7 +78,7 @@ def from_study(study_name: str, storage_url: str, top_k: int) -> list[Known]:
         study = load_vae_study(study_name, storage_url, storage)
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     finally:
-        storage.engine.dispose()
+        storage.close()
     ranked = sorted((t for t in done if read(t).config is not None), key=validation_elbo)
     return [
         Known(f"trial {t.number} of {study_name!r}", RunConfig.model_validate(read(t).config))
