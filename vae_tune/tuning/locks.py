@@ -3,10 +3,10 @@ storage, held for the few milliseconds a worker needs to count the study's trial
 the next one (so budgets are exact, see `vae_tune.runner.budget`).
 
 How each storage holds it:
-* PostgreSQL: a session advisory lock; MySQL/MariaDB: GET_LOCK. Both vanish with their
-  connection, so a worker killed while holding one never blocks the others. The connection is
-  the worker's own pooled one (`vae_tune.tuning.storage.WORKER_POOL`): the lock costs no
-  connection of its own beyond the pool's cap of 2.
+* PostgreSQL: a session advisory lock, waited for in the server; MySQL/MariaDB: GET_LOCK.
+  Both vanish with their connection, so a worker killed while holding one never blocks the
+  others. The connection is the worker's own pooled one (`vae_tune.tuning.storage.WORKER_POOL`):
+  the lock costs no connection of its own beyond the pool's cap of 2.
 * SQLite and the journal: an exclusive `flock` on a file beside the database or the journal
   (on a cluster's shared file system, NFS v4 carries it to every node).
 * The gRPC proxy: workers hold no lock; the proxy checks each claim against the budget itself
@@ -53,7 +53,8 @@ except ImportError:  # not POSIX (Windows): one process at a time is all we can 
 class StudyLock:
     """The study's mutex (see the module); a context manager, or `acquire` / `release`."""
 
-    POLL_S = 0.02
+    POLL_S = 0.02  # polling a lock file (and MySQL's GET_LOCK)
+    WAIT_MS = 250  # one wait in PostgreSQL for the advisory lock, between looks at Ctrl-C
 
     def __init__(self, storage: RetryingStorage | str, study_name: str):
         """On an opened storage (a worker: the lock uses its pool), or on a URL (before the
@@ -96,9 +97,8 @@ class StudyLock:
                     conn = self._engine.connect()  # type: ignore[union-attr]
                 self._conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             if self._backend == "postgresql":
-                sql, args = "SELECT pg_try_advisory_lock(:k)", {"k": self._key}
-            else:
-                sql, args = "SELECT GET_LOCK(:k, 0)", {"k": self._mysql_name}
+                return self._wait_postgres()
+            sql, args = "SELECT GET_LOCK(:k, 0)", {"k": self._mysql_name}
             return bool(self._conn.execute(sqlalchemy.text(sql), args).scalar())
         path = self._path
         if path is None or fcntl is None:  # in-memory SQLite: this process only
@@ -111,6 +111,22 @@ class StudyLock:
             return False
         return True
 
+    def _wait_postgres(self) -> bool:
+        """Wait in the server for the advisory lock, at most WAIT_MS: the lock passes to the
+        next waiter the moment it is released, and 64 waiting workers cost the server a few
+        statements a second, not a poll every 20 ms each."""
+        assert self._conn is not None
+        self._conn.exec_driver_sql(f"SET lock_timeout = '{self.WAIT_MS}ms'")
+        try:
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        except sqlalchemy.exc.OperationalError as err:
+            if getattr(err.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            return False
+        finally:
+            self._conn.exec_driver_sql("RESET lock_timeout")  # the pool's next user sees none
+        return True
+
     def acquire(self, should_stop: Callable[[], bool] | None = None) -> bool:
         """Wait for the lock; False (not held) if `should_stop()` turns true while waiting."""
         wait = FIRST_WAIT_S
@@ -118,7 +134,7 @@ class StudyLock:
             try:
                 if self._try():
                     break
-                pause = self.POLL_S
+                pause = 0.0 if self._backend == "postgresql" else self.POLL_S  # waited there
             except Exception as err:
                 if not transient(err):
                     raise
