@@ -159,7 +159,7 @@ def run(
             envvar="VAE_TUNE_WORKERS",
             help="Worker processes on this machine sharing the study and its budget: a number, "
             "or auto (the default): on a CPU one single-threaded worker per core (at most 4 "
-            "on SQLite), which runs ~1.3x the trials per hour of one worker using every core "
+            "on SQLite), which runs more trials per hour than one worker using every core "
             "for small VAEs; with CUDA or --devices one per device. 1 runs trials in this "
             "process.",
         ),

@@ -114,9 +114,9 @@ def parse_workers(workers: str) -> int | None:
 def auto_workers(spec: StudySpec, devices: Sequence[str]) -> int:
     """How many local workers give the most trials per hour here.
 
-    Measured on 2 cores (AVX-512): two single-threaded workers train small MLP VAEs about
-    1.3-1.4x faster in total than one worker with two threads (intra-op threading of small
-    matrices scales poorly), so on a CPU: one worker per core. A GPU: one per device."""
+    Single-threaded workers train small MLP VAEs faster in total than one worker with every
+    core's threads (intra-op threading of small matrices scales poorly; the measurements are
+    in docs/how-to/speed.md), so on a CPU: one worker per core. A GPU: one per device."""
     if devices:
         return len(devices)
     if resolve_device(spec.training.device).type == "cuda":

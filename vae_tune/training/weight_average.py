@@ -24,8 +24,8 @@ class WeightAverage:
     """An `AveragedModel` of the networks and the likelihood. `step()` after each optimizer
     step; the average folds the weights in every `EVERY` steps (and at `flush()`, at the end
     of an epoch) with the decay of those steps, decay_at ** steps: folding every step costs a
-    pass over the weights and the Python of `update_parameters` (11% of the reference MLP's
-    step), every 4th step a quarter of that, for the same average in practice. The counts are
+    pass over the weights and the Python of `update_parameters` (bench/results/throughput_ema.log
+    measures it), every 4th step a quarter of that, for the same average in practice. The counts are
     Python numbers: no host sync."""
 
     EVERY = 4
