@@ -412,7 +412,7 @@ def shipped_specs() -> dict[str, Path]:
 def read_spec(path_or_name: str | Path) -> tuple[dict[str, Any], Path]:
     """Read a study spec file, or a shipped spec by its bare name (`quickstart`)."""
     specs = shipped_specs()
-    if not Path(path_or_name).exists() and str(path_or_name) in specs:
+    if not Path(path_or_name).is_file() and str(path_or_name) in specs:
         path_or_name = specs[str(path_or_name)]
     known = ", ".join(sorted(specs))
     return read_yaml(path_or_name, f"shipped specs: {known}")
