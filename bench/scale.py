@@ -16,7 +16,8 @@ spec's search space from the sampler, reports 3 intermediate values and sleeps 5
   1,000 and 10,000 finished trials, per storage.
 
     python bench/scale.py [--workers 1,8,32,64] [--storages sqlite,postgres,proxy,journal]
-                          [--ask-sizes 1000,10000] > bench/results/scale.log
+                          [--ask-sizes 1000,10000] [--trials-per-worker 8]
+                          > bench/results/scale.log
 
 PostgreSQL is the local server (VAE_TUNE_TEST_POSTGRES_URL); the proxy needs
 `pip install 'vae-tune[grpc]'`. With 64 workers on 2 cores the machine is saturated: the
@@ -290,11 +291,14 @@ def main() -> None:
     parser.add_argument("--workers", default="1,8,32,64")
     parser.add_argument("--storages", default="sqlite,postgres,proxy,journal")
     parser.add_argument("--ask-sizes", default="1000,10000")
+    parser.add_argument("--trials-per-worker", type=int, default=TRIALS_PER_WORKER)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    global TRIALS_PER_WORKER
+    TRIALS_PER_WORKER = args.trials_per_worker
     counts = [int(x) for x in args.workers.split(",")]
     kinds = args.storages.split(",")
     sizes = [int(x) for x in args.ask_sizes.split(",") if x]
