@@ -177,14 +177,19 @@ def storage_url(kind: str, folder: Path, proxy_url: str | None) -> str:
 
 
 def run_case(
-    kind: str, url: str, workers: int, folder: Path, proxy_pid: int | None = None
+    kind: str,
+    url: str,
+    workers: int,
+    folder: Path,
+    proxy_pid: int | None = None,
+    per_worker: int = TRIALS_PER_WORKER,
 ) -> dict[str, Any]:
     from vae_tune.runner.launcher import submit_study
     from vae_tune.tuning.spec import load_spec
     from vae_tune.tuning.storage import open_storage
 
     name = f"scale-{kind}-{workers}-{uuid.uuid4().hex[:6]}"
-    target = TRIALS_PER_WORKER * workers
+    target = per_worker * workers
     submit_study(load_spec(spec_dict(url, name, folder / "art", target)), echo=lambda *_: None)
     outs = [folder / f"{name}-{i}.json" for i in range(workers)]
     procs = [
@@ -297,18 +302,16 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    global TRIALS_PER_WORKER
-    TRIALS_PER_WORKER = args.trials_per_worker
     counts = [int(x) for x in args.workers.split(",")]
     kinds = args.storages.split(",")
     sizes = [int(x) for x in args.ask_sizes.split(",") if x]
     print(f"# bench/scale.py {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores")
-    print(f"# {TRIALS_PER_WORKER} trials per worker, stand-in objective of {OBJECTIVE_S} s")
+    print(f"# {args.trials_per_worker} trials per worker, stand-in objective of {OBJECTIVE_S} s")
     header = (
         f"{'storage':<9} {'workers':>7} {'trials/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'peak conns':>10} {'worker MiB':>10}  budget"
     )
-    print(header)
+    print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         proxy, proxy_url = start_proxy(folder) if "proxy" in kinds else (None, None)
@@ -318,7 +321,7 @@ def main() -> None:
                 url = storage_url(kind, folder, proxy_url)
                 for n in counts:
                     pid = proxy.pid if proxy is not None and kind == "proxy" else None
-                    r = run_case(kind, url, n, folder, pid)
+                    r = run_case(kind, url, n, folder, pid, args.trials_per_worker)
                     conns = "-" if r["peak_connections"] is None else str(r["peak_connections"])
                     budget = "exact" if r["exact"] else f"{r['finished']} of {r['target']}"
                     if r["errors"]:
