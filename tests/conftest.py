@@ -30,6 +30,14 @@ if (
     hardware.cpu_bf16_reading()
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs a PostgreSQL server is an integration test too (the fast tier,
+    `pytest -m "not integration"`, needs no server, no subprocess and no browser)."""
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True)
 def postgres_connections_closed(request):
     """A PostgreSQL test's storages (Optuna opens one per call with a URL) hold pooled

@@ -25,6 +25,7 @@ def _spec(**changes) -> dict:
     return spec
 
 
+@pytest.mark.integration
 def test_tune_a_dict_then_train_and_use_the_best_model(tmp_path: Path):
     lines: list[str] = []
     result = vae_tune.tune(
@@ -65,6 +66,7 @@ def test_tune_a_dict_then_train_and_use_the_best_model(tmp_path: Path):
     assert torch.equal(again.sample(3, seed=2), model.sample(3, seed=2))
 
 
+@pytest.mark.integration
 def test_tune_takes_in_memory_data_and_resumes_on_the_same_file(tmp_path: Path):
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:300]

@@ -55,6 +55,7 @@ def test_baseline_point_is_the_defaults_moved_into_the_space():
     assert baseline_point(conv_only) == {"architecture": "conv"}
 
 
+@pytest.mark.integration
 def test_a_new_study_runs_the_baseline_first_and_once(cli, write_spec, db_url):
     spec = write_spec({"budget": {"n_trials": 3}})
     result = cli("run", spec, "--workers", "1")
@@ -77,6 +78,7 @@ def test_a_new_study_runs_the_baseline_first_and_once(cli, write_spec, db_url):
     assert sum(t.user_attrs.get("queued") == "baseline" for t in trials) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sampler", [{"baseline": False}, {"name": "grid"}])
 def test_no_baseline_when_switched_off_or_on_a_grid(cli, write_spec, db_url, sampler):
     result = cli("run", write_spec({"sampler": sampler, "budget": {"n_trials": 2}}))

@@ -3,6 +3,8 @@ study names."""
 
 from __future__ import annotations
 
+import pytest
+
 from vae_tune.version import __version__
 
 
@@ -24,6 +26,7 @@ def test_train_of_a_missing_file_does_not_offer_study_specs(cli, tmp_path):
     assert "export-best" in result.output and "quickstart" not in result.output
 
 
+@pytest.mark.integration
 def test_a_mistyped_study_name_gets_a_suggestion(cli, write_spec, db_url, tmp_path):
     assert cli("run", write_spec({"budget": {"n_trials": 1}})).exit_code == 0
     result = cli(
@@ -32,6 +35,7 @@ def test_a_mistyped_study_name_gets_a_suggestion(cli, write_spec, db_url, tmp_pa
     assert result.exit_code == 2 and "did you mean 'tiny'?" in result.output
 
 
+@pytest.mark.integration
 def test_run_takes_an_artifact_dir(cli, write_spec, tmp_path):
     store = tmp_path / "elsewhere"
     result = cli("run", write_spec({"budget": {"n_trials": 1}}), "--artifact-dir", store)
@@ -40,6 +44,7 @@ def test_run_takes_an_artifact_dir(cli, write_spec, tmp_path):
     assert len(files) == 2 and all(f.read_bytes()[:4] == b"\x89PNG" for f in files)
 
 
+@pytest.mark.integration
 def test_studies_and_export_best_speak_json(cli, write_spec, db_url):
     import json
 
@@ -56,6 +61,7 @@ def test_studies_and_export_best_speak_json(cli, write_spec, db_url):
     assert config["model"]["architecture"] == "mlp"
 
 
+@pytest.mark.integration
 def test_progress_without_a_terminal_is_plain_lines(cli, write_spec, monkeypatch):
     import vae_tune.reporting.progress
 

@@ -3,6 +3,7 @@ and it carries KL; a study whose best trial collapsed says so."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -39,6 +40,7 @@ def test_a_unit_that_varies_but_carries_no_information_is_not_active():
     assert result.active_units == 1
 
 
+@pytest.mark.integration
 def test_the_summary_warns_when_the_best_trial_collapsed(cli, write_spec):
     spec = write_spec({"search_space": {"beta": 200.0}, "training": {"epochs": 3}})
     result = cli("run", spec, "--n-trials", "2")

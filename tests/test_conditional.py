@@ -80,6 +80,7 @@ def classifier(trained):
     return fit.fit(splits.train.flatten(1).numpy(), splits.train_labels.numpy())
 
 
+@pytest.mark.integration
 def test_samples_drawn_for_a_class_are_that_class(trained, classifier):
     _, _, run = trained
     model, gen = run.model.eval(), torch.Generator().manual_seed(0)
@@ -90,6 +91,7 @@ def test_samples_drawn_for_a_class_are_that_class(trained, classifier):
             assert (said == c).mean() >= 0.8, (c, np.bincount(said, minlength=10))
 
 
+@pytest.mark.integration
 def test_the_label_is_information_the_elbo_uses(trained):
     """Given y, the model needs fewer nats for x: its ELBO of log p(x|y) beats an unconditional
     twin's ELBO of log p(x), and the validation labels do matter (shuffled ones score worse)."""
@@ -125,6 +127,7 @@ def conditional_run(tmp_path_factory):
     return train_run_dir(folder, model=CONDITIONAL_MLP, epochs=40, batch_size=32)
 
 
+@pytest.mark.integration
 def test_sample_label_draws_that_class(cli, conditional_run, classifier, tmp_path):
     result = cli("sample", conditional_run, "--label", "3", "--n", "30", "--out", tmp_path / "3")
     assert result.exit_code == 0, result.output
@@ -157,6 +160,7 @@ def test_a_label_the_model_cannot_draw_exits_2(cli, conditional_run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_label_on_an_unconditional_model_exits_2(cli, tmp_path):
     config = {"dataset": {"name": "digits", "subset": 100}, "epochs": 1, "device": "cpu"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
@@ -166,6 +170,7 @@ def test_label_on_an_unconditional_model_exits_2(cli, tmp_path):
     assert "not conditional" in result.output
 
 
+@pytest.mark.integration
 def test_evaluate_gives_both_likelihoods_and_the_label_accuracy(cli, conditional_run):
     result = cli("evaluate", conditional_run, "--k", "50", "--gap-examples", "10")
     assert result.exit_code == 0, result.output
@@ -200,6 +205,7 @@ def test_a_dataset_without_labels_is_refused_before_anything_is_written(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_a_study_searches_conditioning_and_export_best_retrains_it(
     cli, write_spec, db_url, tmp_path
 ):

@@ -9,7 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 from support import browse, free_port, get_json
+
+pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
 
 
 def _serve(db_url: str):

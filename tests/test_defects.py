@@ -35,6 +35,7 @@ def _points(study: optuna.Study) -> list[tuple]:
 # 1. script injection ----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_report_escapes_a_script_in_the_study_name(cli, write_spec, db_url, tmp_path):
     evil = "<script>alert(1)</script>"
     spec = write_spec(FAST)
@@ -60,6 +61,7 @@ def test_report_escapes_a_script_in_the_study_name(cli, write_spec, db_url, tmp_
         "mysql+pymysql://u@h/db?passwd=s3cret",
     ],
 )
+@pytest.mark.integration
 def test_every_credential_of_a_url_is_masked(url):
     from vae_tune.tuning.storage import mask_url, redact
 
@@ -77,6 +79,7 @@ def test_query_password_is_masked_in_connection_errors(cli):
 # 3. resuming draws new points ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_resumed_runs_draw_new_points_reproducibly(cli, write_spec, db_url, tmp_path, sampler):
     spec = write_spec({**FAST, "sampler": {"name": sampler}})
@@ -94,6 +97,7 @@ def test_resumed_runs_draw_new_points_reproducibly(cli, write_spec, db_url, tmp_
 # 4. concurrent runs add up ----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_two_concurrent_runs_finish_both_budgets(write_spec, db_url, tmp_path):
     spec = write_spec(FAST)
     procs = [
@@ -117,6 +121,7 @@ def test_two_concurrent_runs_finish_both_budgets(write_spec, db_url, tmp_path):
 # 5. foreign studies are refused -----------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_a_plain_optuna_study_of_that_name_is_refused(cli, write_spec, db_url, tmp_path, direction):
     foreign = optuna.create_study(study_name="tiny", storage=db_url, direction=direction)
@@ -150,6 +155,7 @@ def test_wrong_type_sampler_option_exits_2_naming_it(cli, write_spec, tmp_path):
 # 7. numbers written 1e-4 -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_exponent_numbers_without_a_dot_are_numbers_everywhere(cli, tmp_path, db_url):
     text = f"""
 study_name: tiny
@@ -247,6 +253,7 @@ def test_dashboard_with_a_bad_port_writes_nothing(cli, tmp_path, monkeypatch):
 # 10. train --save is checked before training ------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["missing/w.pt", "readonly/w.pt", "adir"])
 def test_train_save_to_a_bad_path_fails_before_training(cli, tmp_path, where):
     (tmp_path / "readonly").mkdir(mode=0o500)
@@ -299,6 +306,7 @@ def study_with_trials(cli, write_spec, db_url):
     return db_url
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["export-best", "report"])
 @pytest.mark.parametrize("where", ["missing/out", "adir"])
 def test_outputs_to_bad_paths_exit_2_and_leave_nothing(
@@ -319,6 +327,7 @@ def test_outputs_to_bad_paths_exit_2_and_leave_nothing(
     assert files() == before  # no half-written or .tmp file
 
 
+@pytest.mark.integration
 def test_dashboard_on_a_port_in_use_says_so(cli, study_with_trials):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -328,6 +337,7 @@ def test_dashboard_on_a_port_in_use_says_so(cli, study_with_trials):
     assert "Listening" not in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.integration
 def test_a_full_database_is_one_line(cli, write_spec, db_url, tmp_path):
     """SQLite's own 'database or disk is full' (page limit reached), as a full disk gives it."""
     spec = write_spec(FAST)
@@ -365,12 +375,14 @@ def test_a_study_name_longer_than_storage_holds_is_refused(cli, write_spec, tmp_
 # 12. names that are safe to paste and to list -----------------------------------------------------
 
 
+@pytest.mark.integration
 def test_export_hint_is_quoted_for_the_shell(cli, write_spec):
     result = cli("run", write_spec(FAST), "--study-name", "it's <mine>", "--n-trials", "1")
     assert result.exit_code == 0, result.output
     assert "--study-name 'it'\"'\"'s <mine>' --output best.yaml" in result.output
 
 
+@pytest.mark.integration
 def test_a_newline_in_a_study_name_keeps_the_table_one_line_a_study(cli, write_spec, db_url):
     bad = cli("run", write_spec(FAST), "--study-name", "two\nlines")
     assert bad.exit_code == 2 and "study_name" in bad.output

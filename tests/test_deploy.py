@@ -226,6 +226,7 @@ def k8s_versions() -> list[str]:
 # Kubernetes: schemas
 
 
+@pytest.mark.integration
 @fast
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
 def test_every_manifest_validates_against_the_kubernetes_schemas_strictly(path: Path):
@@ -268,6 +269,7 @@ def _rename(tree: dict[str, Any], path: list[Any], old: str, new: str) -> None:
         ("dashboard.yaml", "Service", ["spec", "ports", 0], "targetPort", "target_port"),
     ],
 )
+@pytest.mark.integration
 def test_a_misspelt_field_is_rejected(file, kind, path, old, new):
     utils = kv_utils()
     (doc,) = [d for d in yaml.safe_load_all((K8S / file).read_text()) if d and d["kind"] == kind]
@@ -649,6 +651,7 @@ def _trials(url: str, name: str) -> list[Any]:
         return []
 
 
+@pytest.mark.integration
 def test_one_array_task_runs_a_worker_on_the_quickstart_spec(tmp_path: Path):
     import optuna
 
@@ -678,6 +681,7 @@ def test_one_array_task_runs_a_worker_on_the_quickstart_spec(tmp_path: Path):
     assert "SQLite on a shared file system is not supported" in out.stderr
 
 
+@pytest.mark.integration
 def test_by_default_a_task_serves_every_study_of_the_journal_in_home(tmp_path: Path):
     """No VAE_TUNE_STORAGE and no study name: `worker --all` on the default journal file,
     which `vae-tune submit` fed."""
@@ -707,6 +711,7 @@ def test_by_default_a_task_serves_every_study_of_the_journal_in_home(tmp_path: P
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE], out.stdout
 
 
+@pytest.mark.integration
 def test_sigterm_reaches_the_worker_and_it_hands_the_trial_back(tmp_path: Path):
     """SLURM signals the batch shell (--signal=B:TERM): the script execs the worker, so the
     worker itself gets SIGTERM and leaves no trial RUNNING."""

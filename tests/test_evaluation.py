@@ -33,6 +33,7 @@ def evaluate(run: Path, *flags: str) -> dict:
     return json.loads((run / "metrics.json").read_text())["evaluation"]
 
 
+@pytest.mark.integration
 def test_the_evaluation_block_lands_in_metrics_json(healthy):
     result = CliRunner().invoke(app, ["evaluate", str(healthy), "--k", "20"])
     assert result.exit_code == 0, result.output
@@ -48,6 +49,7 @@ def test_the_evaluation_block_lands_in_metrics_json(healthy):
     assert not list(healthy.glob(".*.tmp"))
 
 
+@pytest.mark.integration
 def test_iw_nll_is_below_the_negative_elbo_and_tightens_with_k(healthy):
     nll = {}
     for k in (1, 30, 600):
@@ -60,6 +62,7 @@ def test_iw_nll_is_below_the_negative_elbo_and_tightens_with_k(healthy):
     assert nll[600] < neg_elbo - 0.1  # a strictly tighter bound than the ELBO
 
 
+@pytest.mark.integration
 def test_a_collapsed_posterior_carries_no_information(healthy, collapsed):
     sick = evaluate(collapsed, "--k", "10", "--gap-examples", "0")
     well = evaluate(healthy, "--k", "10", "--gap-examples", "0")
@@ -80,6 +83,7 @@ def test_an_optimized_posterior_never_loses_elbo(healthy):
     assert gap["gap"] > 0.01  # the optimization found something: it ran
 
 
+@pytest.mark.integration
 def test_sample_quality_against_its_real_floor_with_a_cached_classifier(
     healthy, collapsed, tmp_path, monkeypatch
 ):

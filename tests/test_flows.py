@@ -142,6 +142,7 @@ def _iw_nll_by_hand(model, x: torch.Tensor, k: int, with_log_det: bool) -> float
     return -(torch.logsumexp(log_w, 0) - math.log(k)).mean().item()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["planar", "iaf"])
 def test_iw_nll_of_a_flow_posterior_converges_to_the_exact_likelihood(kind: str):
     """With a 1-D latent, log p(x) is a quadrature. The IW-NLL gets there only because log q(z|x)

@@ -33,6 +33,7 @@ def _exact_nll(model, x: torch.Tensor) -> float:
     return -log_marginal.mean().item()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flow", ["none", "iaf"])
 def test_iw_nll_of_two_stochastic_layers_converges_to_the_exact_likelihood(flow: str):
     torch.manual_seed(5)
@@ -47,6 +48,7 @@ def test_iw_nll_of_two_stochastic_layers_converges_to_the_exact_likelihood(flow:
     assert elbo_nll > exact + 0.01  # one sample: a looser bound, so the test has teeth
 
 
+@pytest.mark.integration
 def test_a_hierarchical_study_records_both_layers(cli, write_spec, db_url):
     spec = write_spec(
         {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("vae_tune",)
 
@@ -164,6 +166,7 @@ for t in outcome.study.trials:
 """
 
 
+@pytest.mark.integration
 def test_a_model_added_to_the_registry_is_searchable_without_editing_the_spec(tmp_path):
     """The search space is derived from the registry and the typed configs: a new
     architecture (and knobs with "_" in their names) needs no edit elsewhere."""

@@ -26,6 +26,7 @@ def front(cli, write_spec, db_url) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=db_url)
 
 
+@pytest.mark.integration
 def test_the_study_minimizes_rate_and_distortion(front: optuna.Study):
     assert [d.name for d in front.directions] == ["MINIMIZE", "MINIMIZE"]
     assert front.metric_names == [
@@ -40,6 +41,7 @@ def test_the_study_minimizes_rate_and_distortion(front: optuna.Study):
     assert front.best_trials
 
 
+@pytest.mark.integration
 def test_the_front_shows_in_studies_report_and_exports(cli, front, db_url, tmp_path: Path):
     listed = cli("studies", "--storage", db_url, "--json")
     row = json.loads(listed.output)[0]
@@ -85,6 +87,7 @@ def test_two_objectives_refuse_pruners_and_cmaes(cli, write_spec, tmp_path, chan
     assert not (tmp_path / "study.db").exists()
 
 
+@pytest.mark.integration
 def test_an_elbo_study_is_not_resumed_as_rate_distortion(cli, write_spec):
     assert cli("run", write_spec({"budget": {"n_trials": 1}})).exit_code == 0
     result = cli("run", write_spec(RD))

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from support import free_port, get_json
 
+pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
+
 CLI = str(Path(sys.executable).with_name("vae-tune"))
 
 USER_VAE = '''

@@ -40,6 +40,7 @@ def test_auto_takes_bf16_only_where_the_probe_measured_a_gain(reading):
     assert resolve_precision("fp32", CPU) == "fp32"
 
 
+@pytest.mark.integration
 def test_a_reading_that_is_not_the_probes_is_measured_again(reading):
     reading("fast")
     measured = hardware.cpu_bf16_reading()
@@ -80,6 +81,7 @@ def test_bf16_the_cpu_cannot_run_is_refused_before_anything_is_written(
     assert not (tmp_path / "study.db").exists()
 
 
+@pytest.mark.integration
 def test_the_probe_measures_in_a_child_and_survives_its_crash():
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
     assert hardware._probe_in_child(crash) == "unavailable: the bf16 probe was killed by SIGILL"

@@ -121,6 +121,7 @@ REMEDIES = {
 HIERARCHICAL = {"hidden_dim": 24, "z2_dim": 2, "z2_hidden_dim": 12, "depth": 1}
 
 
+@pytest.mark.integration
 def test_export_best_then_train_keeps_every_remedy(cli, write_spec, db_url, tmp_path: Path):
     spec = write_spec(
         {
@@ -153,6 +154,7 @@ NEW_KNOBS = ("objective_k", "kl_schedule", "kl_cycles", "kl_ratio")
 NEW_MODEL_KNOBS = ("flow", "flow_length", "activation")
 
 
+@pytest.mark.integration
 def test_configs_exported_before_the_remedies_still_train_and_warm_start(
     cli, write_spec, db_url, tmp_path: Path
 ):

@@ -10,6 +10,8 @@ from support import browse
 
 from vae_tune.reporting.figures import pareto_front
 
+pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
+
 
 @pytest.fixture
 def report(cli, write_spec, db_url, tmp_path: Path) -> tuple[Path, str]:

@@ -81,6 +81,7 @@ CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("shape", ["digits-8x8", "mnist-28x28"])
 @pytest.mark.parametrize(("architecture", "likelihood"), CASES, ids=[c[0] for c in CASES])
 def test_every_picture_has_the_right_grid(cli, tmp_path, architecture, likelihood, shape):
@@ -180,6 +181,7 @@ def test_a_missing_run_is_one_line(cli, tmp_path):
     assert result.exit_code == 2 and "not a run directory" in result.output
 
 
+@pytest.mark.integration
 def test_a_run_whose_data_moved_is_pointed_at_it_with_data_dir(cli, tmp_path):
     from test_dataset_files import write_family
 

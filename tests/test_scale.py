@@ -198,6 +198,7 @@ def test_bad_storage_urls_exit_2_naming_the_storage(cli, url, message):
     assert "storage" in result.output and message in result.output
 
 
+@pytest.mark.integration
 def test_no_proxy_at_a_grpc_url_is_said_plainly(cli):
     result = cli("studies", "--storage", f"grpc://127.0.0.1:{free_port()}")
     assert result.exit_code == 1, result.output
@@ -229,6 +230,7 @@ def test_the_journal_lock_excludes_another_process(tmp_path: Path):
 # --- the connection budget ------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_a_worker_holds_at_most_two_connections(tmp_path: Path):
     """4 workers on PostgreSQL, pg_stat_activity sampled all the while: no worker process
@@ -283,6 +285,7 @@ def _can_restart_postgres() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
     """4 workers, PostgreSQL restarted while trials train: every trial ends COMPLETE (or
@@ -315,6 +318,7 @@ def _proxy(folder: Path, db: Path, port: int) -> Proc:
     return server
 
 
+@pytest.mark.integration
 def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(tmp_path: Path):
     """The storage proxy killed mid-trial and kept down past VAE_TUNE_DB_OUTAGE_S: the worker
     exits 75 saying so; with the proxy back, a new worker finishes the budget exactly (the
@@ -354,6 +358,7 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
 # --- one worker pool for every study --------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
     """Two `worker --all --serve` processes start on an empty storage; two studies are then
     submitted: the pool runs each to its exact budget, taking trials of both, and SIGTERM

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -53,6 +53,7 @@ BAD_SPECS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("changes", "field"), BAD_SPECS, ids=[f for _, f in BAD_SPECS])
 def test_bad_spec_exits_2_naming_field_and_writes_nothing(
     cli, write_spec, tmp_path, changes, field

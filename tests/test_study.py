@@ -19,6 +19,7 @@ def _load(db_url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=db_url)
 
 
+@pytest.mark.integration
 def test_run_completes_trials_with_elbo_and_attributes(cli, write_spec, db_url):
     result = cli("run", write_spec({"budget": {"n_trials": 2}}))
     assert result.exit_code == 0, result.output
@@ -50,6 +51,7 @@ def test_run_completes_trials_with_elbo_and_attributes(cli, write_spec, db_url):
         assert attrs.get("checkpoint") is None
 
 
+@pytest.mark.integration
 def test_objective_is_beta_one_elbo_whatever_beta_trains(cli, write_spec, db_url):
     """Two trials differing only in beta report ELBOs that are recon - KL at beta = 1."""
     spec = write_spec(
@@ -70,6 +72,7 @@ def test_objective_is_beta_one_elbo_whatever_beta_trains(cli, write_spec, db_url
     assert trials[10.0].user_attrs["val_kl"] < trials[0.1].user_attrs["val_kl"]
 
 
+@pytest.mark.integration
 def test_grid_2x2x2_runs_exactly_8_distinct_configs_once(cli, write_spec, db_url):
     spec = write_spec({"sampler": "grid", "budget": {"n_trials": None}})
     result = cli("run", spec)
@@ -82,6 +85,7 @@ def test_grid_2x2x2_runs_exactly_8_distinct_configs_once(cli, write_spec, db_url
     assert len(_load(db_url).trials) == 8
 
 
+@pytest.mark.integration
 def test_grid_with_conditional_knobs_has_no_duplicates(cli, write_spec, db_url):
     spec = write_spec(
         {
@@ -106,6 +110,7 @@ def test_grid_with_conditional_knobs_has_no_duplicates(cli, write_spec, db_url):
     )
 
 
+@pytest.mark.integration
 def test_hopeless_learning_rates_are_pruned(cli, write_spec, db_url):
     spec = write_spec(
         {
@@ -140,6 +145,7 @@ def test_hopeless_learning_rates_are_pruned(cli, write_spec, db_url):
     assert all(isinstance(t.user_attrs["posterior_collapse"], bool) for t in complete)
 
 
+@pytest.mark.integration
 def test_nan_config_is_recorded_with_reason_and_study_goes_on(cli, write_spec, db_url):
     spec = write_spec(
         {
@@ -161,6 +167,7 @@ def test_nan_config_is_recorded_with_reason_and_study_goes_on(cli, write_spec, d
     assert "non-finite" in result.output
 
 
+@pytest.mark.integration
 def test_running_twice_resumes_the_same_study(cli, write_spec, db_url):
     spec = write_spec({"budget": {"n_trials": 2}})
     assert cli("run", spec).exit_code == 0
@@ -169,6 +176,7 @@ def test_running_twice_resumes_the_same_study(cli, write_spec, db_url):
     assert len(_load(db_url).trials) == 3
 
 
+@pytest.mark.integration
 def test_cli_flags_override_the_spec(cli, write_spec, db_url):
     result = cli(
         "run",
@@ -192,6 +200,7 @@ def test_cli_flags_override_the_spec(cli, write_spec, db_url):
     assert list(study.trials[0].intermediate_values) == [1]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "cmaes", "qmc"])
 def test_every_sampler_runs(cli, write_spec, db_url, sampler):
     result = cli(
@@ -204,6 +213,7 @@ def test_every_sampler_runs(cli, write_spec, db_url, sampler):
     assert len(_load(db_url).get_trials(states=(TrialState.COMPLETE,))) == 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pruner", PRUNERS)
 def test_every_pruner_runs(cli, write_spec, db_url, pruner):
     result = cli("run", write_spec({"budget": {"n_trials": 2}}), "--pruner", pruner)
@@ -211,6 +221,7 @@ def test_every_pruner_runs(cli, write_spec, db_url, pruner):
     assert len(_load(db_url).trials) == 2
 
 
+@pytest.mark.integration
 def test_export_best_then_train_reproduces_it(cli, write_spec, db_url, tmp_path: Path):
     assert cli("run", write_spec({"budget": {"n_trials": 3}})).exit_code == 0
     best = _load(db_url).best_trial
@@ -253,6 +264,7 @@ def test_export_best_without_complete_trial_exits_2(cli, db_url, tmp_path: Path)
     assert missing.exit_code == 2 and "no study named" in missing.output
 
 
+@pytest.mark.integration
 def test_studies_command_and_optunas_own_cli_list_the_study(cli, write_spec, db_url):
     assert cli("run", write_spec({"budget": {"n_trials": 1}})).exit_code == 0
     listed = cli("studies", "--storage", db_url)
@@ -267,6 +279,7 @@ def test_studies_command_and_optunas_own_cli_list_the_study(cli, write_spec, db_
     assert "tiny" in out.stdout
 
 
+@pytest.mark.integration
 def test_report_draws_plotly_html(cli, write_spec, db_url, tmp_path: Path):
     assert cli("run", write_spec({"budget": {"n_trials": 3}})).exit_code == 0
     out = tmp_path / "report.html"
@@ -286,6 +299,7 @@ def test_passwords_are_masked(cli):
     assert "s3cret" not in result.output
 
 
+@pytest.mark.integration
 def test_a_trial_is_never_pruned_at_its_last_epoch(cli, write_spec, db_url):
     """Its training is done by then: it completes and counts as complete (with one epoch, the
     median pruner would otherwise prune the bad learning rate after its whole budget)."""

@@ -73,6 +73,7 @@ def counts_npy(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_a_standardized_table_tunes_with_two_workers_and_its_best_retrains_to_its_value(
     tmp_path: Path, wine_csv: Path
 ):
@@ -112,6 +113,7 @@ def test_a_standardized_table_tunes_with_two_workers_and_its_best_retrains_to_it
     assert np.isfinite(scores["iw_nll"]["nll"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("likelihood", ["poisson", "negative_binomial", "zinb"])
 def test_a_count_matrix_tunes_under_each_count_likelihood(
     tmp_path: Path, counts_npy: Path, likelihood: str
@@ -130,6 +132,7 @@ def test_a_count_matrix_tunes_under_each_count_likelihood(
         assert model.likelihood.log_theta.shape == (1, 64)
 
 
+@pytest.mark.integration
 def test_a_binary_matrix_tunes_under_the_bernoulli(tmp_path: Path):
     binary = (load_digits().data > 8).astype(np.float32)
     np.savez(tmp_path / "bits.npz", bits=binary, digit=load_digits().target)
@@ -229,6 +232,7 @@ def test_a_spec_that_does_not_fit_a_table_exits_2(tmp_path: Path, cli, counts_np
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.integration
 def test_the_vector_pictures_show_in_the_report_in_a_browser(tmp_path: Path, wine_csv: Path,
                                                              cli):
     db = f"sqlite:///{tmp_path / 'p.db'}"
@@ -260,6 +264,7 @@ def test_the_vector_pictures_show_in_the_report_in_a_browser(tmp_path: Path, win
     assert metrics["image_shape"] == [1, 13]
 
 
+@pytest.mark.integration
 def test_in_memory_rows_tune_as_a_table(tmp_path: Path):
     wine = load_wine()
     result = vae_tune.tune(

@@ -117,6 +117,7 @@ def _assert_same_run(a: TrainResult, b: TrainResult) -> None:
     ],
     ids=["mlp", "rnn", "hybrid", "hierarchical-iaf-iwae-cyclical", "conv-conditional"],
 )
+@pytest.mark.integration
 def test_resume_after_a_crash_is_bit_exact_with_dropout(architecture: str, knobs: dict):
     config = _config(architecture, **knobs)
     splits = load_splits(config.dataset, config.data_seed)
@@ -275,6 +276,7 @@ def test_objective_passes_should_stop_to_training():
     assert "epochs_run" not in study.trials[0].user_attrs
 
 
+@pytest.mark.integration
 def test_compile_trains_the_same_model_and_hands_back_an_eager_one():
     """`compile: true` changes the speed, not the maths: the same run to float rounding; the
     model handed back runs eager (pictures and the IW-NLL do not compile per batch shape)."""

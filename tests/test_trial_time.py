@@ -22,6 +22,7 @@ def _timed(db_url: str) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
+@pytest.mark.integration
 def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url, tmp_path):
     spec = write_spec({"training": {"iw_samples": 5, "pictures": True}})
     result = cli("run", spec, "--n-trials", "2")
@@ -46,6 +47,7 @@ def test_a_completed_trial_splits_its_wall_time(cli, write_spec, db_url, tmp_pat
     assert html.escape(line) in page.read_text()
 
 
+@pytest.mark.integration
 def test_a_pruned_trial_is_timed_too_and_pays_no_diagnostics(cli, write_spec, db_url):
     spec = write_spec(
         {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 
@@ -20,6 +21,7 @@ def _same(a: dict, b: dict) -> bool:
     )
 
 
+@pytest.mark.integration
 def test_known_configs_run_first_and_once(cli, write_spec, db_url, tmp_path: Path):
     assert cli("run", write_spec({"budget": {"n_trials": 3}})).exit_code == 0
     best = tmp_path / "best.yaml"

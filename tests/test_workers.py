@@ -40,6 +40,8 @@ from vae_tune.runner.budget import HOLD, START, Tally, next_step
 from vae_tune.runner.launcher import share_devices
 from vae_tune.tuning.storage import open_storage
 
+pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
+
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
 
 # tiny trials (a fraction of a second): budget and grid bookkeeping
