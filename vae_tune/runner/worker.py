@@ -24,7 +24,16 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_tune.errors import ServiceError, UserError
-from vae_tune.runner.budget import BUDGET_ATTR, DONE, HOLD, START, WAIT, next_step, set_budget
+from vae_tune.runner.budget import (
+    BUDGET_ATTR,
+    DONE,
+    HOLD,
+    START,
+    WAIT,
+    next_step,
+    seconds_left,
+    set_budget,
+)
 from vae_tune.runner.interrupts import Interrupts
 from vae_tune.runner.recovery import recover, requeue
 from vae_tune.training.config import validate
@@ -118,6 +127,7 @@ class Worker:
             checkpoints_factory=lambda trial: TrialCheckpoints(trial, self.store),
             should_stop=lambda: interrupts.requested,
             progress=progress,
+            seconds_left=lambda: seconds_left(self.study, self.storage),
         )
 
     def __enter__(self) -> Worker:

@@ -26,7 +26,7 @@ from vae_tune.training.hardware import resolve_precision
 from vae_tune.training.trainer import resolve_device
 from vae_tune.tuning.objective import TIME_PARTS
 from vae_tune.tuning.record import read, validation_elbo
-from vae_tune.tuning.samplers import build_pruner, build_sampler
+from vae_tune.tuning.samplers import CostAwareSampler, build_pruner, build_sampler
 from vae_tune.tuning.search_space import grid_points
 from vae_tune.tuning.spec import StudySpec
 from vae_tune.tuning.storage import Heartbeat, mask_url, open_storage, use_heartbeat
@@ -69,6 +69,10 @@ def prepare(spec: StudySpec) -> Prepared:
     sampler = build_sampler(
         spec.sampler.name, spec.sampler.options, spec.seed, spec.budget.n_trials
     )
+    if spec.cost_aware:
+        sampler = CostAwareSampler(
+            sampler, epochs=spec.training.epochs, trial_seconds=spec.budget.trial_seconds
+        )
     pruner = build_pruner(spec.pruner)
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
     # an explicit bf16 this CPU cannot run is refused here, and the bf16 probe's reading is
