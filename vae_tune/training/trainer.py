@@ -342,7 +342,9 @@ def train(
     # a conditional model's labels, sliced beside their images (None: unconditional)
     y_train = model_labels(model, splits, "train", device)
     y_val = model_labels(model, splits, "val", device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(
+        config.precision, device, config.model["architecture"], splits.image_shape
+    )
     kept = (average.model, average.likelihood) if average is not None else (model, likelihood)
     result = TrainResult(*kept, device, sum(p.numel() for p in params), precision)
     # bf16 for the networks' forward and backward only; the loss terms are computed in fp32

@@ -77,8 +77,13 @@ def prepare(spec: StudySpec) -> Prepared:
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
     # an explicit bf16 this CPU cannot run is refused here, and the bf16 probe's reading is
     # taken once, before worker processes start (they inherit it)
-    resolve_precision(spec.training.precision, resolve_device(spec.training.device))
+    device = resolve_device(spec.training.device)
+    resolve_precision(spec.training.precision, device)
     splits = load_splits(spec.dataset, spec.seed, spec.likelihood.name)
+    # `auto`: each architecture's own precision, probed once per machine (cached on disk)
+    # here, before worker processes start, so two workers do not probe at once
+    for arch in spec.search_space.architecture.values():
+        resolve_precision(spec.training.precision, device, arch, splits.image_shape)
     for arch in spec.search_space.architecture.values():
         if resolve(arch).origin != "shipped":  # the user's shapes, checked before any trial
             build_model({"architecture": arch}, splits.image_shape)
