@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.exceptions import ExperimentalWarning
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
@@ -151,8 +151,8 @@ class CostAwareSampler(BaseSampler):
 
     Architectures differ up to 20x in seconds per epoch, and a sampler that counts trials
     treats a 100 s conv trial like a 10 s MLP one. This wraps any single-objective sampler
-    (`base`): where the base sampler draws `param` (the architecture), it draws
-    `n_candidates` times and keeps the draw whose architecture a scores best by
+    (`base`): where the base sampler draws `param` (the architecture), its draw is kept, or
+    the same draw with another architecture where that one scores better, by
 
         EI_a / cost_a
 
@@ -162,9 +162,10 @@ class CostAwareSampler(BaseSampler):
     keeps the whole study's (optimistic) spread and is still explored. cost_a: the training
     seconds a trial of a takes to finish (the median seconds per epoch its trials recorded x
     `epochs`, at most `trial_seconds`); an architecture with no trials gets the median of all.
-    Before any trial has recorded a cost every candidate scores alike and the first (the base
-    sampler's own draw) is kept. The rest of the point (the other knobs) is the chosen draw's,
-    as the base sampler drew it. Only Optuna's public sampler interface is used.
+    Before any trial has recorded a cost the base sampler's draw is kept. The other knobs are
+    the base sampler's draw either way (an architecture's own knobs are drawn once it is
+    chosen). So the architecture is a bandit arm chosen by improvement per second, and TPE (or
+    any base sampler) tunes the knobs. Only Optuna's public sampler interface is used.
     """
 
     def __init__(
@@ -172,13 +173,11 @@ class CostAwareSampler(BaseSampler):
         base: BaseSampler,
         *,
         param: str = "architecture",
-        n_candidates: int = 8,
         epochs: int | None = None,
         trial_seconds: float | None = None,
     ):
         self._base = base
         self._param = param
-        self._n = n_candidates
         self._epochs = epochs
         self._trial_seconds = trial_seconds
 
@@ -226,16 +225,25 @@ class CostAwareSampler(BaseSampler):
             out[arch] = ei / max(cost, 1e-9)
         return out
 
-    def _pick(self, study: Study, draw: Callable[[], Any], value_of: Callable[[Any], Any]) -> Any:
+    def _pick(
+        self,
+        study: Study,
+        draw: Any,
+        value_of: Callable[[Any], Any],
+        replace: Callable[[Any, Any], Any],
+        choices: collections.abc.Sequence[Any],
+    ) -> Any:
+        """The base sampler's draw, or that draw with another architecture where that one
+        scores better: a sampler that has settled on one architecture (TPE does within a few
+        trials) never draws the others, so they are offered beside its draw."""
         scores = self.scores(study)
-        first = draw()
         if scores is None:
-            return first
-        candidates = [first, *(draw() for _ in range(self._n - 1))]
+            return draw
+        mine = value_of(draw)
+        candidates = [draw, *(replace(draw, c) for c in choices if c != mine)]
 
         def score(candidate: Any) -> float:
-            arch = value_of(candidate)
-            return scores.get(arch, scores[None])
+            return scores.get(value_of(candidate), scores[None])
 
         return max(candidates, key=score)  # the first of equals: the base sampler's own draw
 
@@ -250,12 +258,16 @@ class CostAwareSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if self._param not in search_space:
-            return self._base.sample_relative(study, trial, search_space)
+        point = self._base.sample_relative(study, trial, search_space)
+        dist = search_space.get(self._param)
+        if self._param not in point or not isinstance(dist, CategoricalDistribution):
+            return point
         return self._pick(
             study,
-            lambda: self._base.sample_relative(study, trial, search_space),
-            lambda point: point.get(self._param),
+            point,
+            lambda p: p.get(self._param),
+            lambda p, c: {**p, self._param: c},
+            dist.choices,
         )
 
     def sample_independent(
@@ -265,12 +277,12 @@ class CostAwareSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        def draw() -> Any:
-            return self._base.sample_independent(study, trial, param_name, param_distribution)
-
-        if param_name != self._param:
-            return draw()
-        return self._pick(study, draw, lambda value: value)
+        value = self._base.sample_independent(study, trial, param_name, param_distribution)
+        if param_name != self._param or not isinstance(param_distribution, CategoricalDistribution):
+            return value
+        return self._pick(
+            study, value, lambda v: v, lambda _v, c: c, param_distribution.choices
+        )
 
     def after_trial(
         self,
