@@ -23,6 +23,7 @@ seeds and time to target / plain wall (goal <= 0.33).
 
     python bench/vs_plain_mixed.py --data-dir ../shared/data/mnist        # 3 seeds, 20k images
     python bench/vs_plain_mixed.py --data-dir DIR --dataset fashion-mnist # any IDX dataset
+    python bench/vs_plain_mixed.py --data-dir DIR --cost-aware off        # A/B of the sampler
 
 Affordable on 2 cores: with the defaults (10 plain trials x <= 3 epochs on 20,000 images)
 a seed's plain run takes about 4-6 minutes and vae-tune as long again at most, so 3 seeds
@@ -135,10 +136,12 @@ def arch_counts(study: optuna.Study) -> str:
     )
 
 
-def run_vae_tune(data: dict, seconds: float, target: float) -> dict:
+def run_vae_tune(data: dict, seconds: float, target: float, cost_aware: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/v.db"
         data = {**data, "storage": storage, "budget": {"seconds": round(seconds, 1)}}
+        if cost_aware != "auto":  # an A/B of the cost-aware choice; the default is auto (on)
+            data["sampler"] = {"name": "tpe", "cost_aware": cost_aware == "on"}
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(data))
         env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
@@ -175,14 +178,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=10, help="the plain script's trials")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--cost-aware", default="auto", choices=["auto", "on", "off"], help="vae-tune's choice"
+    )
     args = ap.parse_args()
     data_dir = str(Path(args.data_dir).resolve())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cores = available_cores()
     print(
         f"{args.dataset}, {args.subset} training images, plain: {args.trials} trials x <= "
-        f"{args.epochs} epochs; {cores} cores; torch {torch.__version__}, optuna "
-        f"{optuna.__version__}",
+        f"{args.epochs} epochs; vae-tune cost_aware {args.cost_aware}; {cores} cores; "
+        f"torch {torch.__version__}, optuna {optuna.__version__}",
         flush=True,
     )
     plains, ours = [], []
@@ -205,7 +211,7 @@ def main() -> None:
             f"pruned trials {plain['pruned_cpu_s']:6.0f} CPU-s; trials: {plain['arch']}",
             flush=True,
         )
-        mine = run_vae_tune(data, plain["wall"], plain["best"])
+        mine = run_vae_tune(data, plain["wall"], plain["best"], args.cost_aware)
         ours.append(mine)
         to = mine["to_target"]
         print(
