@@ -10,6 +10,7 @@ oneDNN has a fast bf16 kernel for it (AMX); elsewhere it is plain fp32. The prob
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -26,7 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vae_tune.data.download import cache_dir
 from vae_tune.errors import SpecError
+from vae_tune.models.bounds import training_bound
+from vae_tune.models.registry import build_model
 
 
 def available_cores() -> int:
@@ -44,6 +48,9 @@ BF16_MIN_SPEEDUP = 1.1
 # a speed-up and the faster mode, such as "1.39 matmul" (a bare ratio means autocast), or
 # "unavailable: why"
 PROBE_ENV = "VAE_TUNE_BF16_SPEEDUP"
+# set beside PROBE_ENV where vae-tune took the reading itself (not a user pinning it): then
+# `auto` goes on to each architecture's own reading (`architecture_precision`)
+PROBED_ENV = "VAE_TUNE_BF16_PROBED"
 # how a CPU trains in bf16 (module docstring)
 BF16_MODES = ("autocast", "matmul")
 # what each mode's resolved precision is called (recorded on every trial)
@@ -192,6 +199,7 @@ def cpu_bf16_reading() -> str:
         else:
             reading = "unavailable: the CPU lists no bf16 instructions (avx512_bf16 or amx_bf16)"
         os.environ[PROBE_ENV] = reading
+        os.environ[PROBED_ENV] = "1"
     return reading
 
 
@@ -217,8 +225,6 @@ def cpu_model() -> str:
 def precision_cache_dir() -> Path:
     if os.environ.get(PRECISION_CACHE_ENV):
         return Path(os.environ[PRECISION_CACHE_ENV])
-    from vae_tune.data.download import cache_dir
-
     return cache_dir() / "precision"
 
 
@@ -241,8 +247,6 @@ def probe_architecture(
     each mode's validation bound after the same steps from the same start, against fp32's.
     Returns {"speedup": {mode: x}, "gap": {mode: nats}, "precision": the fastest mode at
     least `BF16_MIN_SPEEDUP` faster whose gap is within `ELBO_TOLERANCE`, else fp32}."""
-    from vae_tune.models.registry import build_model
-
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(4, 128, *image_shape, generator=gen) > 0.7).float()
@@ -258,13 +262,9 @@ def probe_architecture(
         log_px = -nn.functional.binary_cross_entropy_with_logits(
             logits, xb.reshape(len(xb), -1), reduction="none"
         ).sum(1)
-        from vae_tune.models.bounds import training_bound
-
         return training_bound(log_px.view(1, -1), out.posterior, 1.0)
 
     def run(mode: str) -> tuple[float, float]:
-        import copy
-
         model = copy.deepcopy(start)
         try:  # the trainer's fused Adam, where torch has it
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -356,14 +356,16 @@ def resolve_precision(
     tensors, bf16 products; a CPU's faster mode, as the probe measured). `auto` -> bf16 where
     a bf16 training step runs faster (CUDA with bf16; a CPU where the probe measures at least
     `BF16_MIN_SPEEDUP`), else fp32. With `architecture` and `image_shape`, auto on a CPU is
-    that architecture's own reading (`architecture_precision`). An explicit bf16 is kept,
-    except on a CPU that lists bf16 instructions the probe could not run: refused, naming
-    `training.precision`, instead of failing (or crashing) every trial."""
+    that architecture's own reading (`architecture_precision`), unless the user set the
+    machine's reading (`PROBE_ENV`) themselves: then that reading is kept for every one. An
+    explicit bf16 is kept, except on a CPU that lists bf16 instructions the probe could not
+    run: refused, naming `training.precision`, instead of failing (or crashing) every trial."""
     if device.type == "cuda":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if name == "auto" else name
     if name == "fp32":
         return name
-    if name == "auto" and architecture is not None and image_shape is not None:
+    per_architecture = os.environ.get(PROBED_ENV) == "1"  # a reading the user set rules
+    if name == "auto" and architecture is not None and image_shape is not None and per_architecture:
         return architecture_precision(architecture, image_shape)
     reading = cpu_bf16_reading()
     parsed = parse_reading(reading)
