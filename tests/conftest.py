@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from typer.testing import CliRunner
 
 from vae_tune.cli import app
 from vae_tune.training import hardware
+
+# Per-architecture precision readings go to a folder of this session, not the user's cache.
+os.environ.setdefault(hardware.PRECISION_CACHE_ENV, tempfile.mkdtemp(prefix="vae-tune-precision-"))
 
 # The bf16 probe runs once, here, and CLI subprocesses inherit its reading. A CPU may list AMX
 # that its host does not enable (oneDNN then fails on bf16): the bf16 tests check numerics, not

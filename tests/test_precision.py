@@ -23,6 +23,7 @@ def reading(monkeypatch):
 
     def set_reading(value: str) -> None:
         monkeypatch.setenv(PROBE_ENV, value)
+        monkeypatch.delenv(hardware.PROBED_ENV, raising=False)  # set by hand: it rules
         hardware.cpu_bf16_reading.cache_clear()
 
     yield set_reading

@@ -45,6 +45,12 @@ BAD_SPECS = [
         "search_space.free_bits",
     ),
     ({"budget": {"n_trials": 0}}, "budget.n_trials"),
+    ({"budget": {"seconds": -5}}, "budget.seconds"),
+    ({"budget": {"trial_seconds": "long"}}, "budget.trial_seconds"),
+    ({"budget": {"trial_seconds": 0}}, "budget.trial_seconds"),
+    ({"pruner": {"name": "median", "fidelity": "seconds"}}, "pruner.fidelity"),
+    ({"pruner": {"name": "curve", "fidelity": "minutes"}}, "pruner.fidelity"),
+    ({"sampler": {"name": "tpe", "cost_aware": "sometimes"}}, "sampler.cost_aware"),
     ({"search_space": {"beta": {"low": 0.5, "high": 2.0, "grid": [5.0]}}}, "search_space.beta"),
     (
         {"sampler": "grid", "search_space": {"latent_dim": {"low": 2, "high": 8, "grid": None}}},

@@ -8,6 +8,9 @@
 * A worker claims a trial (under the study lock) only while committed < target, so the budget
   is exact however many workers there are. Deadlines are read on the database's clock, so
   workers on hosts whose clocks differ agree on them.
+* `budget.seconds` (the spec) is a deadline too, `stop_training_at`: no trial starts after it,
+  and every running trial's training stops at it (`seconds_left`), so a run takes those wall
+  seconds plus the last trials' validation, IW-NLL and pictures, however many workers share it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_tune.tuning.storage import db_now
+from vae_tune.tuning.study import SPEC_ATTR
 
 DEFAULT_N_TRIALS = 20
 BUDGET_ATTR = "budget"
 START, WAIT, DONE = "start", "wait", "done"
 HOLD = "hold"  # the budget allows a trial, but the pruner has no finished trial to judge it by
+# a trial that could train for less than this before the study's seconds run out is not started
+MIN_TRIAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,11 @@ def set_budget(
     grid: Sequence[dict[str, Any]] | None,
     n_trials: int | None,
     timeout: float | None,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     """Add this run's trials to the study-wide budget (call with the study lock held): n_trials
-    more (default: the rest of the grid, or 20), started within `timeout` seconds.
+    more (default: the rest of the grid, or 20; none with `seconds`), started within `timeout`
+    seconds, trained until `seconds` from now (default: the stored spec's `budget.seconds`).
 
     Budgets add up: trials an earlier `run` asked for and that have not run yet (it is still
     running, or it was interrupted) stay in the target, so two concurrent `run --n-trials 3`
@@ -102,22 +110,29 @@ def set_budget(
         outstanding = max(0, old["target"] - tally.committed)
     carried = max(outstanding, tally.retries_waiting)
     target: int | None
+    if seconds is None:
+        seconds = ((study.user_attrs.get(SPEC_ATTR) or {}).get("budget") or {}).get("seconds")
     if grid is not None:
         n_trials = min(n_trials or waiting, waiting)
         target = tally.committed + min(carried + n_trials, waiting)
     else:
-        if n_trials is None and timeout is None:
+        if n_trials is None and timeout is None and seconds is None:
             n_trials = DEFAULT_N_TRIALS
         target = None if n_trials is None else tally.committed + carried + n_trials
     deadline = None
     if timeout:
         deadline = max(now + timeout, old_deadline if outstanding and old_deadline else 0)
+    stop_training_at = None
+    if seconds:
+        old_stop = old.get("stop_training_at")
+        stop_training_at = max(now + seconds, old_stop if outstanding and old_stop else 0)
     budget = {
         "target": target,
         "n_trials": n_trials,
         "carried": carried if target is not None else 0,
         "deadline": deadline,  # seconds since the epoch on the database's clock
         "grid": grid is not None,
+        "stop_training_at": stop_training_at,  # budget.seconds, on the database's clock
     }
     study.set_user_attr(BUDGET_ATTR, budget)
     return budget
@@ -147,7 +162,11 @@ def decide(
     """The step a study's stored budget allows, given its tally (see `next_step`); `now` is
     read only when the budget has a deadline."""
     deadline, target = budget.get("deadline"), budget.get("target")
-    if deadline is not None and now() >= deadline:
+    stop = budget.get("stop_training_at")
+    at = now() if deadline is not None or stop is not None else None
+    if deadline is not None and at >= deadline:
+        return DONE
+    if stop is not None and at >= stop - MIN_TRIAL_SECONDS:
         return DONE
     spent = (budget.get("grid") and tally.waiting == 0) or (
         target is not None and tally.committed >= target
@@ -157,3 +176,9 @@ def decide(
     if hold_for_reference and tally.running and not tally.complete:
         return HOLD
     return START
+
+
+def seconds_left(study: optuna.Study, storage: optuna.storages.BaseStorage) -> float | None:
+    """Training seconds the study's `budget.seconds` has left (None: it has no such budget)."""
+    stop = (study.user_attrs.get(BUDGET_ATTR) or {}).get("stop_training_at")
+    return None if stop is None else max(0.0, stop - db_now(storage))

@@ -32,6 +32,7 @@ from vae_tune.runner.budget import (
     WAIT,
     Tally,
     next_step,
+    seconds_left,
     set_budget,
 )
 from vae_tune.runner.interrupts import Interrupts
@@ -139,6 +140,7 @@ class Worker:
             checkpoints_factory=lambda trial: TrialCheckpoints(trial, self.store),
             should_stop=lambda: interrupts.requested,
             progress=progress,
+            seconds_left=lambda: seconds_left(self.study, self.storage),
         )
 
     def __enter__(self) -> Worker:

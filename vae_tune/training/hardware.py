@@ -10,8 +10,12 @@ oneDNN has a fast bf16 kernel for it (AMX); elsewhere it is plain fp32. The prob
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
+import json
 import os
+import platform
 import re
 import signal
 import statistics
@@ -23,7 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vae_tune.data.download import cache_dir
 from vae_tune.errors import SpecError
+from vae_tune.models.bounds import training_bound
+from vae_tune.models.registry import build_model
 
 
 def available_cores() -> int:
@@ -41,6 +48,9 @@ BF16_MIN_SPEEDUP = 1.1
 # a speed-up and the faster mode, such as "1.39 matmul" (a bare ratio means autocast), or
 # "unavailable: why"
 PROBE_ENV = "VAE_TUNE_BF16_SPEEDUP"
+# set beside PROBE_ENV where vae-tune took the reading itself (not a user pinning it): then
+# `auto` goes on to each architecture's own reading (`architecture_precision`)
+PROBED_ENV = "VAE_TUNE_BF16_PROBED"
 # how a CPU trains in bf16 (module docstring)
 BF16_MODES = ("autocast", "matmul")
 # what each mode's resolved precision is called (recorded on every trial)
@@ -189,20 +199,174 @@ def cpu_bf16_reading() -> str:
         else:
             reading = "unavailable: the CPU lists no bf16 instructions (avx512_bf16 or amx_bf16)"
         os.environ[PROBE_ENV] = reading
+        os.environ[PROBED_ENV] = "1"
     return reading
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+# a bf16 mode's validation bound may differ from fp32's by at most this (nats per example, the
+# tolerance README's precision lever states) after the same training steps, or auto skips it
+ELBO_TOLERANCE = 0.5
+# where per-architecture probe readings are kept (default: the dataset cache's `precision/`)
+PRECISION_CACHE_ENV = "VAE_TUNE_PRECISION_CACHE"
+# the precision of each mode as the per-architecture probe names it
+_PROBED = {"fp32": "fp32", "autocast": "bf16", "matmul": "bf16-matmul"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def precision_cache_dir() -> Path:
+    if os.environ.get(PRECISION_CACHE_ENV):
+        return Path(os.environ[PRECISION_CACHE_ENV])
+    return cache_dir() / "precision"
+
+
+def precision_cache_file(architecture: str, image_shape: tuple[int, ...]) -> Path:
+    """The reading of one architecture on this machine: keyed by CPU model, CPU flags that
+    matter, torch version, architecture and image shape."""
+    key = "|".join(
+        [cpu_model(), str(cpu_lists_bf16()), torch.__version__, architecture, str(image_shape)]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", architecture)
+    return precision_cache_dir() / f"{safe}-{digest}.json"
+
+
+def probe_architecture(
+    architecture: str, image_shape: tuple[int, ...], rounds: int = 3, steps: int = 10
+) -> dict:
+    """Time one architecture's training step (its config defaults, batch 128 of binary
+    images, one thread) in fp32 and each CPU bf16 mode, medians of interleaved rounds; and
+    each mode's validation bound after the same steps from the same start, against fp32's.
+    Returns {"speedup": {mode: x}, "gap": {mode: nats}, "precision": the fastest mode at
+    least `BF16_MIN_SPEEDUP` faster whose gap is within `ELBO_TOLERANCE`, else fp32}."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 128, *image_shape, generator=gen) > 0.7).float()
+    torch.manual_seed(0)
+    start = build_model({"architecture": architecture}, tuple(image_shape))
+    modes = ["fp32", *(m for m in BF16_MODES if m == "autocast" or bf16_matmul_available())]
+
+    def bound(model: nn.Module, xb: torch.Tensor, mode: str) -> torch.Tensor:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast")
+        with autocast:
+            out = model(xb, torch.Generator().manual_seed(1), 1, None)
+        logits = out.logits.float().reshape(len(xb), -1)
+        log_px = -nn.functional.binary_cross_entropy_with_logits(
+            logits, xb.reshape(len(xb), -1), reduction="none"
+        ).sum(1)
+        return training_bound(log_px.view(1, -1), out.posterior, 1.0)
+
+    def run(mode: str) -> tuple[float, float]:
+        model = copy.deepcopy(start)
+        try:  # the trainer's fused Adam, where torch has it
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        elapsed = 0.0
+        with Bf16Matmul(mode == "matmul"):
+            for step in range(steps + 2):  # two warm-up steps, untimed
+                began = time.perf_counter()
+                loss = -bound(model, x[step % 3], mode)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if step >= 2:
+                    elapsed += time.perf_counter() - began
+        with torch.no_grad():
+            held = bound(model, x[3], "fp32").item()
+        return elapsed, held
+
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    held: dict[str, float] = {}
+    for _ in range(rounds):
+        for mode in modes:
+            t, h = run(mode)
+            times[mode].append(t)
+            held[mode] = h
+    fp32 = statistics.median(times["fp32"])
+    speedup = {m: fp32 / statistics.median(times[m]) for m in modes if m != "fp32"}
+    gap = {m: abs(held[m] - held["fp32"]) for m in modes if m != "fp32"}
+    fit = [m for m in speedup if speedup[m] >= BF16_MIN_SPEEDUP and gap[m] <= ELBO_TOLERANCE]
+    best = max(fit, key=speedup.__getitem__) if fit else "fp32"
+    return {
+        "precision": _PROBED[best],
+        "speedup": {m: round(v, 3) for m, v in speedup.items()},
+        "gap": {m: round(v, 4) for m, v in gap.items()},
+    }
+
+
+def _probe_architecture_in_child(architecture: str, image_shape: tuple[int, ...]) -> dict:
+    code = (
+        "import json; from vae_tune.training.hardware import probe_architecture; "
+        f"print(json.dumps(probe_architecture({architecture!r}, {tuple(image_shape)!r})))"
+    )
+    out = _probe_in_child(code)
+    try:
+        return json.loads(out.splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"precision": "fp32", "unavailable": out}
+
+
+def architecture_precision(
+    architecture: str, image_shape: tuple[int, ...], probe=_probe_architecture_in_child
+) -> str:
+    """`precision: auto` for one architecture on this CPU: fp32 where bf16 does not run or
+    does not pay (no bf16 instructions: no probe at all), else the reading of a probe of that
+    architecture (`probe_architecture`, in a child process), taken once per machine, torch
+    version, architecture and image shape and kept on disk (`precision_cache_file`)."""
+    parsed = parse_reading(cpu_bf16_reading())
+    if parsed is None:
+        return "fp32"  # bf16 unsupported or crashing here (AVX2-only CPUs land here)
+    path = precision_cache_file(architecture, image_shape)
+    try:
+        reading = json.loads(path.read_text())
+    except (OSError, ValueError):
+        reading = probe(architecture, tuple(image_shape))
+        reading["key"] = {
+            "cpu": cpu_model(), "torch": torch.__version__, "architecture": architecture,
+            "image_shape": list(image_shape),
+        }  # fmt: skip
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(reading, indent=1))
+            tmp.replace(path)  # atomic: a concurrent worker reads a whole file or none
+        except OSError:
+            pass  # a read-only home: probed again next time
+    precision = reading.get("precision", "fp32")
+    known = set(_PROBED.values()) - ({"bf16-matmul"} if not bf16_matmul_available() else set())
+    return precision if precision in known else "fp32"
+
+
+def resolve_precision(
+    name: str,
+    device: torch.device,
+    architecture: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
+) -> str:
     """The training step's arithmetic: `fp32`, `bf16` (autocast) or `bf16-matmul` (fp32
     tensors, bf16 products; a CPU's faster mode, as the probe measured). `auto` -> bf16 where
     a bf16 training step runs faster (CUDA with bf16; a CPU where the probe measures at least
-    `BF16_MIN_SPEEDUP`), else fp32. An explicit bf16 is kept, except on a CPU that lists bf16
-    instructions the probe could not run: refused, naming `training.precision`, instead of
-    failing (or crashing) every trial."""
+    `BF16_MIN_SPEEDUP`), else fp32. With `architecture` and `image_shape`, auto on a CPU is
+    that architecture's own reading (`architecture_precision`), unless the user set the
+    machine's reading (`PROBE_ENV`) themselves: then that reading is kept for every one. An
+    explicit bf16 is kept, except on a CPU that lists bf16 instructions the probe could not
+    run: refused, naming `training.precision`, instead of failing (or crashing) every trial."""
     if device.type == "cuda":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if name == "auto" else name
     if name == "fp32":
         return name
+    per_architecture = os.environ.get(PROBED_ENV) == "1"  # a reading the user set rules
+    if name == "auto" and architecture is not None and image_shape is not None and per_architecture:
+        return architecture_precision(architecture, image_shape)
     reading = cpu_bf16_reading()
     parsed = parse_reading(reading)
     if parsed is not None:

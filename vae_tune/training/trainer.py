@@ -104,6 +104,8 @@ class TrainResult:
     precision: str  # of the training step, as resolved here: fp32, bf16 or bf16-matmul
     history: list[EpochResult] = field(default_factory=list)
     resumed_from_epoch: int = 0  # last epoch restored from a checkpoint (0: fresh start)
+    # training stopped at `seconds_limit`: the last epoch may be partial, and no more follow
+    capped: bool = False
 
     @property
     def final(self) -> EpochResult:
@@ -298,8 +300,13 @@ def train(
     on_epoch: Callable[[TrainResult], None] | None = None,
     checkpoints: Checkpoints | None = None,
     should_stop: Callable[[], bool] | None = None,
+    seconds_limit: float | None = None,
 ) -> TrainResult:
     """Train the configured VAE; `on_epoch` sees the run after each epoch and may raise to stop.
+
+    `seconds_limit` caps the training steps' seconds (cumulative, as `train_seconds`): the
+    epoch that reaches it ends at that batch, is validated and is the run's last, with
+    `capped` set (on_epoch sees it).
 
     `should_stop` is called between batches (a plain call: keep it cheap, e.g. read a flag set
     by a signal handler); when it returns True the run raises TrainingInterrupted, leaving the
@@ -335,7 +342,9 @@ def train(
     # a conditional model's labels, sliced beside their images (None: unconditional)
     y_train = model_labels(model, splits, "train", device)
     y_val = model_labels(model, splits, "val", device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(
+        config.precision, device, config.model["architecture"], splits.image_shape
+    )
     kept = (average.model, average.likelihood) if average is not None else (model, likelihood)
     result = TrainResult(*kept, device, sum(p.numel() for p in params), precision)
     # bf16 for the networks' forward and backward only; the loss terms are computed in fp32
@@ -366,6 +375,9 @@ def train(
         first_epoch = state["epoch"] + 1
         result.resumed_from_epoch = state["epoch"]
     for epoch in range(first_epoch, config.epochs + 1):
+        if seconds_limit is not None and train_seconds >= seconds_limit and result.history:
+            result.capped = True  # a resumed run that had already spent its seconds
+            break
         # every epoch starts from the RNG state saved with the previous one, resumed or not,
         # so whatever `on_epoch` draws from the global RNG cannot make the two runs differ
         _set_rng_state(rng, device)
@@ -376,10 +388,18 @@ def train(
         if dynamic:  # fresh binary images every epoch
             shuffled = torch.bernoulli(shuffled, generator=gen)
         loss_sum = torch.zeros((), device=device)
+        seen = n
         with bf16_products:
             for start in range(0, n, bs):
                 if should_stop is not None and should_stop():
                     raise TrainingInterrupted(f"stopped in epoch {epoch} (not saved)")
+                if (
+                    seconds_limit is not None
+                    and start > 0
+                    and train_seconds + time.perf_counter() - started >= seconds_limit
+                ):
+                    result.capped, seen = True, start
+                    break
                 xb = shuffled[start : start + bs]
                 yb = None if shuffled_y is None else shuffled_y[start : start + bs]
                 step += 1
@@ -401,7 +421,7 @@ def train(
         rng = _rng_state(device)  # where training left the global RNGs: the next epoch's start
         if scheduler is not None:
             scheduler.step()
-        train_loss = loss_sum.item() / n  # the one sync per epoch
+        train_loss = loss_sum.item() / seen  # the one sync per epoch
         train_seconds += time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) in epoch {epoch}")
@@ -411,7 +431,7 @@ def train(
         if not math.isfinite(val.elbo):
             raise NonFiniteLoss(f"non-finite validation ELBO ({val.elbo}) after epoch {epoch}")
         wall = time.perf_counter() - run_started
-        rate = n * epoch / train_seconds
+        rate = (n * (epoch - 1) + seen) / train_seconds
         result.history.append(
             EpochResult(epoch, train_loss, val, train_seconds, wall, rate, val_seconds)
         )
@@ -433,6 +453,8 @@ def train(
             )
         if on_epoch is not None:
             on_epoch(result)
+        if result.capped:
+            break
     uncompile_networks(model)
     return result
 

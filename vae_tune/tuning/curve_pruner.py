@@ -8,6 +8,12 @@ instead: what that trial still gained from epoch t to its end, times `slack`, is
 at epoch t is allowed to gain; a trial that would finish behind the best even so is stopped,
 at the first epoch where that is clear. Replayed on recorded curves (`bench/pruner_replay.py`)
 it trains about half the median pruner's epochs and kept the best trial of every study.
+
+Steps may be epochs or training seconds (`pruner.fidelity: seconds`). In seconds two trials
+rarely report at the same step, so the best trial's curve is read at this trial's step by
+linear interpolation between its reports (past its last report: its final value, so a trial
+that has run longer than the best one is held to the best's value with no gain left; before
+its first report: no judgement).
 """
 
 from __future__ import annotations
@@ -54,10 +60,27 @@ class LearningCurvePruner(BasePruner):
         done = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and step in t.intermediate_values
+            if t.value is not None and _at(t.intermediate_values, step) is not None
         ]
         if len(done) < self._n_startup_trials:
             return False
         best = max(done, key=lambda t: sign * t.value)
-        gain = max(0.0, sign * (best.value - best.intermediate_values[step]))
+        then = _at(best.intermediate_values, step)
+        gain = max(0.0, sign * (best.value - then))
         return sign * value + self._slack * gain < sign * best.value
+
+
+def _at(curve: dict[int, float], step: int) -> float | None:
+    """The curve's value at `step`: reported there, interpolated between the reports around it,
+    its last value past its end; None before its first report."""
+    if step in curve:
+        return curve[step]
+    steps = sorted(curve)
+    if not steps or step < steps[0]:
+        return None
+    if step > steps[-1]:
+        return curve[steps[-1]]
+    right = next(s for s in steps if s > step)
+    left = max(s for s in steps if s < step)
+    w = (step - left) / (right - left)
+    return (1 - w) * curve[left] + w * curve[right]

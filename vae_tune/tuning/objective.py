@@ -7,6 +7,7 @@ finished trial gets a Markdown note with them for optuna-dashboard.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,15 +89,27 @@ class Objective:
         *,
         should_stop: Callable[[], bool] | None = None,
         progress: Progress | None = None,
+        seconds_left: Callable[[], float | None] | None = None,
     ):
         """`should_stop` is polled between training batches; True stops the trial's training
         with `vae_tune.training.trainer.TrainingInterrupted` (a KeyboardInterrupt). `progress`
-        sees every finished epoch (to show live progress)."""
+        sees every finished epoch (to show live progress). `seconds_left` says, as a trial
+        starts, how many seconds the study's budget has left (None: no limit); the trial's
+        training stops there, or at `budget.trial_seconds`, whichever comes first."""
         self.spec = spec
         self.splits = splits
         self.checkpoints_factory = checkpoints_factory
         self.should_stop = should_stop
         self.progress = progress
+        self.seconds_left = seconds_left
+
+    def seconds_limit(self) -> float | None:
+        """The training seconds this trial may spend (None: as many as its epochs take)."""
+        limits = [self.spec.budget.trial_seconds]
+        if self.seconds_left is not None:
+            limits.append(self.seconds_left())
+        given = [max(0.0, v) for v in limits if v is not None]
+        return min(given) if given else None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         clock = TrialClock()
@@ -118,6 +131,10 @@ class Objective:
         prune_collapse = self.spec.training.collapse == "prune"
         multi = self.spec.objective == "rate_distortion"
         curve = list(record.read(trial).val_elbo_curve or [])  # a retry's so far
+        by_seconds = self.spec.pruner.fidelity == "seconds"
+        limit = self.seconds_limit()
+        steps = [0]  # the last step reported
+        n_train = len(self.splits.train)
 
         def on_epoch(run: TrainResult) -> None:
             clock.epoch(run)
@@ -136,18 +153,33 @@ class Objective:
                 curve[r.epoch - 1 :] = [round(r.val.elbo, 4)]
                 record.write(trial, val_elbo_curve=curve)
             else:
-                trial.report(r.val.elbo, r.epoch)
+                # seconds: the compute spent so far, so trials compare at equal cost
+                step = max(steps[0] + 1, math.ceil(r.train_seconds)) if by_seconds else r.epoch
+                trial.report(r.val.elbo, step)
+                steps[0] = step
             if self.progress is not None:
                 self.progress(trial.number, r, config.epochs)
-            record.write(trial, epochs_run=r.epoch)
+            record.write(
+                trial,
+                epochs_run=r.epoch,
+                train_seconds=round(r.train_seconds, 3),
+                seconds_per_epoch=round(n_train / r.examples_per_s, 4),
+            )
             if prune_collapse and r.val.active_units == 0 and r.epoch > config.warmup_epochs:
                 _record(trial, run)
                 reason = f"posterior collapse: no active units after epoch {r.epoch}"
                 record.write(trial, stop_reason=reason)
                 raise optuna.TrialPruned(reason)
             # the last epoch's work is done: stopping now saves nothing, and a PRUNED trial
-            # would show the sampler a finished model as worse than every complete one
-            last = r.epoch >= config.epochs
+            # would show the sampler a finished model as worse than every complete one; the
+            # same at the seconds cap, where the trial completes with this epoch's ELBO
+            last = r.epoch >= config.epochs or run.capped
+            if run.capped:
+                record.write(
+                    trial,
+                    capped=True,
+                    stop_reason=f"training stopped at its {limit:.3g} s cap in epoch {r.epoch}",
+                )
             if not multi and not last and trial.should_prune():
                 _record(trial, run, judged_collapse=False)
                 record.write(trial, stop_reason=f"pruned after epoch {r.epoch}")
@@ -156,7 +188,12 @@ class Objective:
         checkpoints = self.checkpoints_factory(trial) if self.checkpoints_factory else None
         try:
             result = train(
-                config, self.splits, on_epoch, checkpoints=checkpoints, should_stop=self.should_stop
+                config,
+                self.splits,
+                on_epoch,
+                checkpoints=checkpoints,
+                should_stop=self.should_stop,
+                seconds_limit=limit,
             )
         except NonFiniteLoss as err:
             # pruned, not failed: samplers (TPE) then learn to avoid this region

@@ -59,6 +59,10 @@ class TrialRecord(BaseModel):
     kl_per_dim: list[float] | None = None
     wall_seconds: float | None = None
     train_examples_per_s: float | None = None
+    # what it cost (every epoch): the cost-aware sampler learns from these
+    train_seconds: float | None = None  # training steps, cumulative
+    seconds_per_epoch: float | None = None  # training seconds per full pass over the data
+    capped: bool | None = None  # its training stopped at budget.trial_seconds or budget.seconds
     # a completed trial
     val_iw_nll: float | None = None
     iw_samples: int | None = None

@@ -48,7 +48,7 @@ from vae_tune.training.config import (
     set_path,
     validate,
 )
-from vae_tune.tuning.samplers import PRUNERS, SAMPLERS
+from vae_tune.tuning.samplers import COST_AWARE_SAMPLERS, PRUNERS, SAMPLERS
 
 Scalar = bool | int | float | str
 # Optuna's RDB storage keeps study names in a VARCHAR(512); control characters (newlines) would
@@ -324,16 +324,64 @@ class SamplerSpec(_Named):
         "beat, and a first point at beta = 1 for the sampler (not with grid: the grid is the "
         "design)",
     )
+    cost_aware: bool | Literal["auto"] = Field(
+        "auto",
+        description="prefer predicted improvement per training second: each trial's "
+        "architecture is picked among several of the sampler's draws by expected improvement "
+        "over the measured seconds per epoch of that architecture (`CostAwareSampler`); auto = "
+        "on where the architecture is searched (two or more choices) and the sampler is tpe, "
+        "random, gp or cmaes",
+    )
+
+
+# pruners that compare trials only at exactly the same step (Optuna's median and percentile):
+# with steps in seconds two trials almost never share one, so they would never prune
+EXACT_STEP_PRUNERS = ("median", "percentile", "patient")
 
 
 class PrunerSpec(_Named):
     name: Literal[PRUNERS] = "curve"  # type: ignore[valid-type]
     wrapped: PrunerSpec | None = None
+    fidelity: Literal["epochs", "seconds"] = Field(
+        "epochs",
+        description="the step trials report and are compared at: epochs, or seconds (the "
+        "trial's cumulative training seconds, rounded up, one more than the last report at "
+        "least), so a slow architecture is judged against a fast one at equal compute; "
+        "seconds works with curve (it interpolates the best curve), successive_halving and "
+        "hyperband (their rungs are resource thresholds; min_resource is then seconds)",
+    )
+
+    @model_validator(mode="after")
+    def _fidelity_fits(self) -> PrunerSpec:
+        if self.fidelity == "seconds" and self.name in EXACT_STEP_PRUNERS:
+            raise located_error(
+                "fidelity",
+                f"the {self.name} pruner compares trials at exactly the same step, which trials "
+                "reporting seconds almost never share: use curve, successive_halving or "
+                "hyperband with fidelity seconds",
+            )
+        return self
 
 
 class BudgetSpec(Strict):
     n_trials: int | None = Field(None, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds")
+    timeout: float | None = Field(
+        None, gt=0, description="seconds; no trial starts after them (running ones finish)"
+    )
+    seconds: float | None = Field(
+        None,
+        gt=0,
+        description="wall seconds of the run, on the database's clock and shared by every "
+        "worker: no trial starts after them, and a running trial's training stops at them "
+        "(it completes with its last validation ELBO; its IW-NLL and pictures follow)",
+    )
+    trial_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="training seconds per trial: a trial's training stops at them (mid-epoch: "
+        "that epoch is validated and is its last) and it completes with that validation ELBO, "
+        "never pruned for it",
+    )
 
 
 class StudySpec(UsesArchitectures):
@@ -355,6 +403,18 @@ class StudySpec(UsesArchitectures):
         description="elbo: maximize the validation ELBO; rate_distortion: minimize rate (KL) "
         "and distortion (-E[log p(x|z)]) together, a Pareto front (no pruning)",
     )
+
+    @property
+    def cost_aware(self) -> bool:
+        """Whether trials' architectures are picked by improvement per second (`sampler.cost_aware`
+        resolved: auto = on for a searched architecture and a sampler that draws freely)."""
+        if self.sampler.cost_aware != "auto":
+            return bool(self.sampler.cost_aware) and self.objective == "elbo"
+        return (
+            self.objective == "elbo"
+            and self.sampler.name in COST_AWARE_SAMPLERS
+            and len(self.search_space.architecture.values()) > 1
+        )
 
     @model_validator(mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from vae_tune.training.hardware import resolve_precision
 from vae_tune.training.trainer import resolve_device
 from vae_tune.tuning.objective import TIME_PARTS
 from vae_tune.tuning.record import read, validation_elbo
-from vae_tune.tuning.samplers import build_pruner, build_sampler
+from vae_tune.tuning.samplers import CostAwareSampler, build_pruner, build_sampler
 from vae_tune.tuning.search_space import grid_points
 from vae_tune.tuning.spec import StudySpec
 from vae_tune.tuning.storage import Heartbeat, mask_url, open_storage, use_heartbeat
@@ -70,12 +70,21 @@ def prepare(spec: StudySpec) -> Prepared:
     sampler = build_sampler(
         spec.sampler.name, spec.sampler.options, spec.seed, spec.budget.n_trials
     )
+    if spec.cost_aware:
+        sampler = CostAwareSampler(
+            sampler, epochs=spec.training.epochs, trial_seconds=spec.budget.trial_seconds
+        )
     pruner = build_pruner(spec.pruner)
     grid = grid_points(spec.search_space) if spec.sampler.name == "grid" else None
     # an explicit bf16 this CPU cannot run is refused here, and the bf16 probe's reading is
     # taken once, before worker processes start (they inherit it)
-    resolve_precision(spec.training.precision, resolve_device(spec.training.device))
+    device = resolve_device(spec.training.device)
+    resolve_precision(spec.training.precision, device)
     splits = load_splits(spec.dataset, spec.seed, spec.likelihood.name)
+    # `auto`: each architecture's own precision, probed once per machine (cached on disk)
+    # here, before worker processes start, so two workers do not probe at once
+    for arch in spec.search_space.architecture.values():
+        resolve_precision(spec.training.precision, device, arch, splits.image_shape)
     for arch in spec.search_space.architecture.values():
         if resolve(arch).origin != "shipped":  # the user's shapes, checked before any trial
             build_model({"architecture": arch}, splits.image_shape)
