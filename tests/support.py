@@ -3,6 +3,7 @@ PostgreSQL server the PostgreSQL tests need, CLI processes in the background, po
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,45 @@ def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") ->
 def open_study(url: str, name: str) -> optuna.Study:
     """The study `name` at any vae-tune storage URL (database, grpc://, journal://)."""
     return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
+
+# tiny trials (a fraction of a second): budget and grid bookkeeping
+FAST: dict[str, Any] = merge(
+    copy.deepcopy({k: v for k, v in TINY_SPEC.items() if k not in ("study_name", "budget")}),
+    {
+        "dataset": {"subset": 200},
+        "search_space": {"mlp": {"hidden_dim": 16}},
+        "training": {"iw_samples": 0, "pictures": False},
+    },
+)
+# trials of a few seconds (about 0.4 s per epoch on one core): time for a kill or a fault to
+# land in the middle of one
+SLOW_CHANGES: dict[str, Any] = {
+    "dataset": {"name": "digits", "subset": 600},
+    "search_space": {
+        "latent_dim": {"low": 2, "high": 8, "log": True},
+        "beta": 1.0,
+        "lr": 3.0e-3,
+        "batch_size": 4,
+        "mlp": {"hidden_dim": 256, "depth": 3},
+    },
+    "training": {"epochs": 4},
+}
+
+
+def worker_spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
+    """A FAST spec file for study `name` at `url`, with `changes` merged in."""
+    spec = copy.deepcopy(FAST)
+    spec.update(study_name=name, storage=url, artifact_dir=str(tmp_path / "artifacts"))
+    for change in changes:
+        merge(spec, copy.deepcopy(change))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def states(study: optuna.Study) -> Counter:
+    """The study's trials counted by state name."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))

@@ -7,7 +7,6 @@ test restarts the local server (`pg_ctlcluster ... restart`): it runs where the 
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import signal
@@ -15,57 +14,29 @@ import subprocess
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 import sqlalchemy
 import sqlalchemy.exc
-import yaml
 from optuna.trial import TrialState
-from support import TINY_SPEC, Proc, free_port, merge, open_study, postgres_url, wait_for
+from support import (
+    HEARTBEAT,
+    SLOW_CHANGES,
+    Proc,
+    free_port,
+    open_study,
+    postgres_url,
+    states,
+    wait_for,
+    worker_spec,
+)
 
 from vae_tune.runner.budget import Tally
 from vae_tune.tuning import faults
 from vae_tune.tuning.faults import RetryingStorage, StorageDown, transient
 from vae_tune.tuning.locks import StudyLock
 from vae_tune.tuning.storage import grpc_address, journal_file, open_storage, storage_kind
-
-HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
-FAST: dict[str, Any] = merge(
-    copy.deepcopy({k: v for k, v in TINY_SPEC.items() if k not in ("study_name", "budget")}),
-    {
-        "dataset": {"subset": 200},
-        "search_space": {"mlp": {"hidden_dim": 16}},
-        "training": {"iw_samples": 0, "pictures": False},
-    },
-)
-# trials of a few seconds: time for a fault to land in the middle of one
-SLOW: dict[str, Any] = {
-    "dataset": {"name": "digits", "subset": 600},
-    "search_space": {
-        "latent_dim": {"low": 2, "high": 8, "log": True},
-        "beta": 1.0,
-        "lr": 3.0e-3,
-        "batch_size": 4,
-        "mlp": {"hidden_dim": 256, "depth": 3},
-    },
-    "training": {"epochs": 4},
-}
-
-
-def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
-    spec = copy.deepcopy(FAST)
-    spec.update(study_name=name, storage=url, artifact_dir=str(tmp_path / "artifacts"))
-    for change in changes:
-        merge(spec, copy.deepcopy(change))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def _states(study: optuna.Study) -> Counter:
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
 def _running_with_checkpoint(url: str, name: str, count: int = 1):
@@ -84,9 +55,9 @@ def _assert_budget_exact(study: optuna.Study, n: int) -> None:
     """Nothing left RUNNING or WAITING; n trials committed; every failed trial retried once,
     and no original run twice."""
     trials = study.get_trials(deepcopy=False)
-    states = _states(study)
-    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
-    assert Tally.of(trials).committed == n, states
+    counted = states(study)
+    assert counted["RUNNING"] == 0 and counted["WAITING"] == 0, counted
+    assert Tally.of(trials).committed == n, counted
     originals = [t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs]
     assert len(originals) == len(set(originals)), originals
     failed = {t.number for t in trials if t.state == TrialState.FAIL}
@@ -236,7 +207,7 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path):
     """4 workers on PostgreSQL, pg_stat_activity sampled all the while: no worker process
     ever holds more than 2 connections, and none is left when they exit."""
     url, name = postgres_url(), f"c-{uuid.uuid4().hex[:8]}"
-    spec = _spec(tmp_path, url, name, {"dataset": {"subset": 400}})
+    spec = worker_spec(tmp_path, url, name, {"dataset": {"subset": 400}})
     engine = sqlalchemy.create_engine(
         url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT"
     )  # autocommit: each read sees the server's activity now, not a transaction's snapshot
@@ -258,7 +229,7 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path):
         assert len(peak) >= 4, peak  # the 4 workers (and `run` itself) were seen
         assert max(peak.values()) <= 2, peak
         assert left == [], left
-        assert _states(open_study(url, name)) == {"COMPLETE": 12}
+        assert states(open_study(url, name)) == {"COMPLETE": 12}
     finally:
         optuna.delete_study(study_name=name, storage=open_storage(url))
         engine.dispose()
@@ -294,7 +265,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
     if reason:
         pytest.skip(reason)
     url, name = postgres_url(), f"r-{uuid.uuid4().hex[:8]}"
-    spec = _spec(tmp_path, url, name, SLOW)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--workers", "4", "--n-trials", "6", *HEARTBEAT[:2])
     try:
         wait_for(_running_with_checkpoint(url, name, count=2), 180, "2 trials training")
@@ -303,7 +274,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
         assert code == 0, out
         study = open_study(url, name)
         _assert_budget_exact(study, 6)
-        assert _states(study)["COMPLETE"] == 6, out
+        assert states(study)["COMPLETE"] == 6, out
     finally:
         if run.popen.poll() is None:
             run.popen.kill()
@@ -326,7 +297,7 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
     db, port = tmp_path / "p.db", free_port()
     url, name = f"grpc://127.0.0.1:{port}", "down"
     server = _proxy(tmp_path, db, port)
-    spec = _spec(tmp_path, url, name, SLOW)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     worker = None
     try:
         submitted = Proc(tmp_path, "submit", str(spec), "--n-trials", "2", *HEARTBEAT)
@@ -346,7 +317,7 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
         assert code == 0, out
         study = open_study(url, name)
         _assert_budget_exact(study, 2)
-        assert _states(study) == {"COMPLETE": 2, "FAIL": 1}, out
+        assert states(study) == {"COMPLETE": 2, "FAIL": 1}, out
         retry = next(t for t in study.trials if "failed_trial" in t.system_attrs)
         assert retry.user_attrs.get("resumed_from_epoch", 0) >= 1
     finally:
@@ -368,7 +339,7 @@ def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
     try:
         wait_for(lambda: all("serves every open study" in p.output for p in pool), 120)
         for name, n in (("first", 3), ("second", 2)):
-            spec = _spec(tmp_path, url, name)
+            spec = worker_spec(tmp_path, url, name)
             done = Proc(tmp_path, "submit", str(spec), "--n-trials", str(n))
             assert done.wait() == 0, done.output
             assert f"submitted study {name!r}" in done.output
@@ -376,7 +347,7 @@ def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
         def finished():
             try:
                 return all(
-                    _states(open_study(url, name)).get("COMPLETE", 0) == n
+                    states(open_study(url, name)).get("COMPLETE", 0) == n
                     for name, n in (("first", 3), ("second", 2))
                 )
             except KeyError:

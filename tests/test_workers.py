@@ -8,30 +8,29 @@ name of its own and deletes it afterwards: the database outlives the test run.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import torch
-import yaml
 from optuna.trial import TrialState
 from support import (
-    TINY_SPEC,
+    HEARTBEAT,
+    SLOW_CHANGES,
     Proc,
     free_port,
     get_json,
-    merge,
     open_study,
     postgres_url,
+    states,
     wait_for,
+    worker_spec,
 )
 from typer.testing import CliRunner
 
@@ -41,31 +40,6 @@ from vae_tune.runner.launcher import share_devices
 from vae_tune.tuning.storage import open_storage
 
 pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
-
-HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
-
-# tiny trials (a fraction of a second): budget and grid bookkeeping
-FAST: dict[str, Any] = merge(
-    copy.deepcopy({k: v for k, v in TINY_SPEC.items() if k not in ("study_name", "budget")}),
-    {
-        "dataset": {"subset": 200},
-        "search_space": {"mlp": {"hidden_dim": 16}},
-        "training": {"iw_samples": 0, "pictures": False},
-    },
-)
-# trials of a few seconds (about 0.4 s per epoch on one core): time to kill one mid-way
-SLOW_CHANGES: dict[str, Any] = {
-    "dataset": {"name": "digits", "subset": 600},
-    "search_space": {
-        "latent_dim": {"low": 2, "high": 8, "log": True},
-        "beta": 1.0,
-        "lr": 3.0e-3,
-        "batch_size": 4,
-        "mlp": {"hidden_dim": 256, "depth": 3},
-    },
-    "training": {"epochs": 4},
-}
-
 
 def _unique_study(url: str):
     """A study name of its own on `url`; the study is deleted afterwards."""
@@ -128,16 +102,6 @@ def postgres(tmp_path: Path):
     yield from _unique_study(postgres_url())
 
 
-def _spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -> Path:
-    spec = copy.deepcopy(FAST)
-    spec.update(study_name=name, storage=url, artifact_dir=str(tmp_path / "artifacts"))
-    for change in changes:
-        merge(spec, copy.deepcopy(change))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def _run(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[int, str]:
     proc = Proc(tmp_path, *args)
     return proc.wait(timeout), proc.output
@@ -161,10 +125,6 @@ def _running_with_checkpoint(url: str, name: str, min_epoch: int = 1):
         return None
 
     return find
-
-
-def _states(study: optuna.Study) -> Counter:
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
 def test_threads_are_split_between_workers():
@@ -275,7 +235,7 @@ def test_workers_finish_exactly_n_trials(any_storage, tmp_path: Path, cli):
     exact, and a second run adds exactly its n trials."""
     url, name = any_storage
     workers = 3 if url.startswith("postgresql") else 2
-    spec = _spec(tmp_path, url, name)
+    spec = worker_spec(tmp_path, url, name)
     dashboard, reads = None, 0
     if url.startswith("sqlite"):
         port = free_port()
@@ -295,13 +255,13 @@ def test_workers_finish_exactly_n_trials(any_storage, tmp_path: Path, cli):
         assert out.count("joined study") == workers
         assert "database is locked" not in out
         study = _study(url, name)
-        assert _states(study) == {"COMPLETE": 7}, out
+        assert states(study) == {"COMPLETE": 7}, out
         assert study.user_attrs["budget"]["target"] == 7
         if dashboard is not None:  # it read the live study, and still answers
             assert reads > 0 and get_json(api)["study_summaries"][0]["study_name"] == name
         again = cli("run", spec, "--n-trials", "2")  # the same budget rule, one process
         assert again.exit_code == 0, again.output
-        assert _states(_study(url, name)) == {"COMPLETE": 9}, again.output
+        assert states(_study(url, name)) == {"COMPLETE": 9}, again.output
     finally:
         if dashboard is not None:
             dashboard.popen.terminate()
@@ -327,7 +287,7 @@ def test_the_first_trial_runs_alone_under_the_curve_pruner(tmp_path: Path):
     """Two workers, the curve pruner: no trial starts before the first one has completed, so
     none can finish unjudged (and mislead the sampler) beside it."""
     url, name = f"sqlite:///{tmp_path / 's.db'}", "held"
-    spec = _spec(tmp_path, url, name, SLOW_CHANGES, {"pruner": {"name": "curve"}})
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES, {"pruner": {"name": "curve"}})
     code, out = _run(tmp_path, "run", spec, "--workers", "2", "--n-trials", "4")
     assert code == 0, out
     trials = sorted(_study(url, name).trials, key=lambda t: t.datetime_start)
@@ -340,7 +300,7 @@ def test_the_first_trial_runs_alone_under_the_curve_pruner(tmp_path: Path):
 @pytest.mark.postgres
 def test_grid_by_three_workers_runs_each_point_once(postgres, tmp_path: Path, cli):
     url, name = postgres
-    spec = _spec(tmp_path, url, name, {"sampler": {"name": "grid"}})
+    spec = worker_spec(tmp_path, url, name, {"sampler": {"name": "grid"}})
     code, out = _run(tmp_path, "run", spec, "--workers", "3")
     assert code == 0, out
     trials = _study(url, name).trials
@@ -356,7 +316,7 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
     trial and runs its retry, which resumes from the last checkpoint; the budget stays exact.
     The same on every storage (Optuna's heartbeats on databases, vae-tune's elsewhere)."""
     url, name = any_storage
-    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
     victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     killed_at = time.time()
@@ -382,13 +342,13 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
     assert 1 <= resumed <= 4  # epochs trained after the kill: 4 - resumed < 4
     assert retry.user_attrs["resumed_from"] == {"trial": victim.number, "epoch": resumed}
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]  # the whole learning curve
-    assert _states(study) == {"COMPLETE": 2, "FAIL": 1}
+    assert states(study) == {"COMPLETE": 2, "FAIL": 1}
     assert not list((tmp_path / "artifacts").glob("checkpoint-*"))  # scratch files cleaned up
 
 
 def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, cli):
     url, name = backend
-    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
     wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     sent = time.monotonic()
@@ -400,9 +360,9 @@ def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, c
     assert took < 15, f"exit took {took:.1f}s"
     assert "Traceback" not in out
     study = _study(url, name)
-    states = _states(study)
-    assert states["RUNNING"] == 0 and states["FAIL"] >= 1, out
-    assert states["WAITING"] == states["FAIL"]  # every interrupted trial is queued to resume
+    counted = states(study)
+    assert counted["RUNNING"] == 0 and counted["FAIL"] >= 1, out
+    assert counted["WAITING"] == counted["FAIL"]  # every interrupted trial is queued to resume
     _assert_no_orphan_checkpoints(study, tmp_path / "artifacts")
     # the next worker (no spec file: it reads the study) continues the study to its budget
     resumed = cli("worker", "--study-name", name, "--storage", url)
@@ -410,7 +370,7 @@ def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, c
     assert resumed.exit_code == 0, out
     study = _study(url, name)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 2 and _states(study)["RUNNING"] == 0
+    assert len(finished) == 2 and states(study)["RUNNING"] == 0
     assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in finished), out
 
 
@@ -430,14 +390,14 @@ def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay
     """The signal only sets a flag: whenever it lands (here at and just after a checkpoint
     write), no checkpoint file is left unrecorded and no trial is left RUNNING."""
     url, name = f"sqlite:///{tmp_path / 's.db'}", "sig"
-    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
     wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     time.sleep(delay)
     run.popen.send_signal(signal.SIGINT)
     assert run.wait() == 130, run.output
     study = _study(url, name)
-    assert _states(study)["RUNNING"] == 0
+    assert states(study)["RUNNING"] == 0
     _assert_no_orphan_checkpoints(study, tmp_path / "artifacts")
 
 
@@ -448,7 +408,7 @@ def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     from vae_tune.tuning.storage import retry_callback
 
     url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
-    spec = _spec(tmp_path, url, name, SLOW_CHANGES)
+    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
     run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
     victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     study = _study(url, name)
@@ -460,7 +420,7 @@ def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     assert "taken over by another worker" in out
     assert "Traceback" not in out and "failed with" not in out
     study = _study(url, name)
-    assert _states(study) == {"FAIL": 1, "COMPLETE": 1}
+    assert states(study) == {"FAIL": 1, "COMPLETE": 1}
     retry = study.trials[-1]
     assert retry.system_attrs["failed_trial"] == victim.number
     assert retry.user_attrs["resumed_from_epoch"] >= 1
@@ -477,7 +437,7 @@ def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path, w
     else:  # libpq's password= query parameter, which SQLAlchemy passes on as it is
         with_password = f"{url}?password={secret}"
     assert secret in with_password
-    spec = _spec(tmp_path, with_password, name, {"training": {"pictures": True}})
+    spec = worker_spec(tmp_path, with_password, name, {"training": {"pictures": True}})
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "3")
     cmdlines = wait_for(lambda: _worker_cmdlines(name), 60, "worker processes")
     assert not any(secret in c for c in cmdlines), cmdlines  # `ps` shows no password
@@ -529,14 +489,14 @@ def test_run_picks_one_single_threaded_worker_per_core_by_default(tmp_path: Path
 
     monkeypatch.delenv("VAE_TUNE_WORKERS")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    spec = _spec(tmp_path, url, "auto", {"training": {"threads": 0}})
+    spec = worker_spec(tmp_path, url, "auto", {"training": {"threads": 0}})
     code, out = _run(tmp_path, "run", str(spec), "--n-trials", "4")
     assert code == 0, out
     expected = min(available_cores(), 4)
     if expected > 1:
         assert f"{expected} workers (cpu, 1 torch thread(s) each)" in out, out
         assert out.count("joined study") == expected
-    assert _states(_study(url, "auto")) == {"COMPLETE": 4}
+    assert states(_study(url, "auto")) == {"COMPLETE": 4}
 
 
 def test_trials_per_device_shares_each_gpu(monkeypatch):
