@@ -87,6 +87,21 @@ MaxRetryOpt = Annotated[
 ]
 
 
+# options `run` and `submit` share (one definition each)
+SpecArg = Annotated[
+    str, typer.Argument(help="Study spec: a YAML file, or the name of a shipped spec.")
+]
+StorageOverrideOpt = Annotated[
+    str | None,
+    typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
+]
+StudyNameOpt = Annotated[str | None, typer.Option(help="Study name; overrides the spec's.")]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
+]
+EpochsOpt = Annotated[int | None, typer.Option(help="Max epochs per trial.")]
+
+
 def _user_errors(fn: F) -> F:
     """Bad input -> one message on stderr and exit code 2; a machine or service in the way
     (database unreachable or full, port in use, disk full) -> one line and exit code 1."""
@@ -123,26 +138,16 @@ def _quiet_optuna() -> None:
 @app.command()
 @_user_errors
 def run(
-    spec: Annotated[
-        str,
-        typer.Argument(help="Study spec: a YAML file, or the name of a shipped spec."),
-    ] = DEFAULT_SPEC,
-    storage: Annotated[
-        str | None,
-        typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
-    ] = None,
-    study_name: Annotated[
-        str | None, typer.Option(help="Study name; overrides the spec's.")
-    ] = None,
+    spec: SpecArg = DEFAULT_SPEC,
+    storage: StorageOverrideOpt = None,
+    study_name: StudyNameOpt = None,
     n_trials: Annotated[
         int | None, typer.Option(min=1, help="Trials to run now (grid: default the rest).")
     ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
-    ] = None,
+    timeout: TimeoutOpt = None,
     sampler: Annotated[str | None, typer.Option(help=f"One of: {', '.join(SAMPLERS)}.")] = None,
     pruner: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRUNERS)}.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
+    epochs: EpochsOpt = None,
     seed: Annotated[int | None, typer.Option(help="Study seed (data split, sampler).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     dataset: Annotated[
@@ -384,24 +389,14 @@ def worker(
 @app.command()
 @_user_errors
 def submit(
-    spec: Annotated[
-        str | None,
-        typer.Argument(help="Study spec: a YAML file, or the name of a shipped spec."),
-    ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(envvar="VAE_TUNE_STORAGE", help="Database URL; overrides the spec's."),
-    ] = None,
-    study_name: Annotated[
-        str | None, typer.Option(help="Study name; overrides the spec's.")
-    ] = None,
+    spec: SpecArg = DEFAULT_SPEC,
+    storage: StorageOverrideOpt = None,
+    study_name: StudyNameOpt = None,
     n_trials: Annotated[
         int | None, typer.Option(min=1, help="Trials to add to the study's budget.")
     ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(min=0.001, help="Stop starting trials after this many seconds.")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Max epochs per trial.")] = None,
+    timeout: TimeoutOpt = None,
+    epochs: EpochsOpt = None,
     heartbeat_interval: HeartbeatIntervalOpt = None,
     heartbeat_grace: HeartbeatGraceOpt = None,
     max_retry: MaxRetryOpt = None,
@@ -430,7 +425,7 @@ def submit(
         "training.epochs": "--epochs",
     }
     done = api.submit(
-        spec or DEFAULT_SPEC,
+        spec,
         overrides={k: v for k, v in overrides.items() if v is not None},
         flags=flags,
         heartbeat=Heartbeat.overrides(heartbeat_interval, heartbeat_grace, max_retry),
