@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import TINY_SPEC, merge
+from support import TINY_SPEC, merge, postgres_database
 from typer.testing import CliRunner
 
 from vae_tune.cli import app
@@ -64,6 +64,13 @@ def own_cache(tmp_path_factory, monkeypatch):
     """Caches (downloads, `evaluate`'s feature classifiers) go to a folder of the test session,
     never the user's ~/.cache/vae-tune."""
     monkeypatch.setenv("VAE_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def pg_url():
+    """A PostgreSQL database of the test's own (skips, or fails in CI, without a server)."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,24 +1,29 @@
 """Helpers the tests share: the tiny spec, a deep merge, free ports, JSON over HTTP, the
-PostgreSQL server the PostgreSQL tests need, CLI processes in the background, polling."""
+PostgreSQL the PostgreSQL tests need (a database each, or a server of their own), CLI
+processes in the background, polling."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 
 from vae_tune.tuning.storage import open_storage, unreachable
@@ -82,10 +87,82 @@ def postgres_url() -> str:
     """The test server's URL; skip (or fail, with VAE_TUNE_REQUIRE_POSTGRES=1) without one."""
     reason = unreachable(PG_URL)
     if reason:
-        if os.environ.get("VAE_TUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
-        pytest.skip(reason)
+        _require_postgres(reason)
     return PG_URL
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the test server (so tests, and two suites side by side, never
+    share tables or connections), dropped afterwards with any connection still on it."""
+    server = sqlalchemy.make_url(postgres_url())
+    name = f"vt_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(
+        server, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temporary folder, a free port): a
+    test may restart it without touching the shared server other tests and suites use."""
+
+    def __init__(self):
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
+        if initdb is None:
+            _require_postgres("no initdb here to create a PostgreSQL server with")
+        self.bin = Path(initdb).parent
+        # initdb refuses root: as root, the server runs as the postgres user
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # a folder of its own under /tmp: pytest's tmp_path is closed to other users
+        self.folder = Path(tempfile.mkdtemp(prefix="vae-tune-pg-"))
+        if self.as_user:
+            shutil.chown(self.folder, "postgres")
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._pg("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+
+    @property
+    def data(self) -> str:
+        return str(self.folder / "data")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{tool} failed: {done.stdout}{done.stderr}"
+
+    def _ctl(self, action: str) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.folder / "server.log")
+        self._pg("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-m", "fast", "-w", action)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def restart(self) -> None:
+        self._ctl("restart")
+
+    def stop(self) -> None:
+        """Stop the server and delete its files."""
+        try:
+            self._ctl("stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _require_postgres(reason: str) -> None:
+    if os.environ.get("VAE_TUNE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{reason}, and VAE_TUNE_REQUIRE_POSTGRES=1")
+    pytest.skip(reason)
 
 
 def chromium() -> str:

@@ -19,9 +19,9 @@ from support import train_run_dir
 
 from vae_tune.data import load_splits
 from vae_tune.models import build_model
+from vae_tune.reporting.notes import note_markdown
 from vae_tune.training.config import DatasetSpec, RunConfig
 from vae_tune.training.trainer import train
-from vae_tune.tuning.notes import note_markdown
 from vae_tune.tuning.record import read
 
 KNOBS = {

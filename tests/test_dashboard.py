@@ -10,16 +10,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from support import browse, free_port, get_json
+from support import browse, free_port, get_json, wait_for
 
 pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
 
 
-def _serve(db_url: str):
+def _serve(db_url: str, *options: str):
     port = free_port()
     cli = Path(sys.executable).with_name("vae-tune")
     proc = subprocess.Popen(
-        [str(cli), "dashboard", "--storage", db_url, "--port", str(port)],
+        [str(cli), "dashboard", "--storage", db_url, "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -88,6 +88,31 @@ def test_dashboard_shows_each_trials_note_and_the_vae_figures(
             "--window-size=1400,2200",
         )
         assert shot.stat().st_size > 30_000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_dashboard_notes_and_draws_trials_that_finish_while_it_runs(cli, write_spec, db_url):
+    spec = write_spec({"budget": {"n_trials": 1}})
+    assert cli("run", spec).exit_code == 0
+    study_id = optuna.load_study(study_name="tiny", storage=db_url)._study_id
+    proc, base = _serve(db_url, "--refresh", "1")
+    url = f"{base}/api/studies/{study_id}?after=0"
+    try:
+        assert [bool(t["note"]["body"]) for t in _get_json(proc, url)["trials"]] == [True]
+        assert cli("run", spec).exit_code == 0  # one more trial, written while it serves
+
+        def drawn():
+            detail = _get_json(proc, url)
+            notes = [t["note"]["body"] for t in detail["trials"]]
+            figures = {
+                g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]
+            }
+            rd = [t for t in figures["rate-distortion"]["data"] if t.get("mode") == "markers"]
+            return len(notes) == 2 and all(notes) and sum(len(t["x"]) for t in rd) == 2
+
+        wait_for(drawn, timeout=60, message="the new trial's note and point")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

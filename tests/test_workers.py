@@ -20,6 +20,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from sqlalchemy import make_url
 from support import (
     HEARTBEAT,
     SLOW_CHANGES,
@@ -27,7 +28,6 @@ from support import (
     free_port,
     get_json,
     open_study,
-    postgres_url,
     states,
     wait_for,
     worker_spec,
@@ -57,7 +57,10 @@ def _unique_study(url: str):
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def backend(request, tmp_path: Path):
     """(storage URL, unique study name) on each backend."""
-    url = postgres_url() if request.param == "postgres" else f"sqlite:///{tmp_path / 's.db'}"
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 's.db'}"
     yield from _unique_study(url)
 
 
@@ -89,7 +92,7 @@ def any_storage(request, tmp_path: Path):
     """(storage URL, unique study name) on every kind of storage: PostgreSQL, SQLite, a
     journal file, and the gRPC proxy (in front of SQLite)."""
     url = {
-        "postgres": postgres_url,
+        "postgres": lambda: request.getfixturevalue("pg_url"),
         "sqlite": lambda: f"sqlite:///{tmp_path / 's.db'}",
         "journal": lambda: f"journal://{tmp_path / 's.log'}",
         "grpc": lambda: request.getfixturevalue("proxy"),
@@ -98,8 +101,8 @@ def any_storage(request, tmp_path: Path):
 
 
 @pytest.fixture
-def postgres(tmp_path: Path):
-    yield from _unique_study(postgres_url())
+def postgres(pg_url: str):
+    yield from _unique_study(pg_url)
 
 
 def _run(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[int, str]:
@@ -454,7 +457,9 @@ def test_credentials_never_appear_in_logs_or_exports(postgres, tmp_path: Path, w
         result = runner.invoke(app, args, env=env)
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
-    bad = runner.invoke(app, ["studies", "--storage", with_password.replace("/test", "/nodb")])
+    no_db = make_url(with_password).set(database="nodb").render_as_string(hide_password=False)
+    assert secret in no_db
+    bad = runner.invoke(app, ["studies", "--storage", no_db])
     assert bad.exit_code != 0
     outputs.append(bad.output)
     study = _study(url, name)

@@ -33,9 +33,7 @@ from vae_tune.errors import SpecError, UserError
 from vae_tune.files import write_atomic
 from vae_tune.models.base import VAE
 from vae_tune.models.likelihoods import Likelihood
-from vae_tune.reporting.dashboard_views import publish_figures
 from vae_tune.reporting.progress import StageProgress, TrialProgress, epoch_line, summary_lines
-from vae_tune.reporting.report import write_report
 from vae_tune.runner.launcher import (
     WORKER_ENV_FLAG,
     parse_devices,
@@ -112,6 +110,10 @@ class Result:
 
     def report(self, path: str | os.PathLike = "report.html") -> Path:
         """Write the study's self-contained HTML report."""
+        # plotly (and the report's other figures' imports) only when a report is drawn: a
+        # notebook or worker that tunes never loads them
+        from vae_tune.reporting.report import write_report
+
         path = Path(path)
         write_report(self.spec.study_name, self.spec.storage, path, self.spec.artifact_dir)
         return path
@@ -327,7 +329,6 @@ def tune(
             on_prepared=header,
             on_trial=live.trial if live else None,
             on_epoch=live.epoch if live else None,
-            publish=publish_figures,
             echo=say,
         )
     result = Result(

@@ -317,7 +317,6 @@ def worker(
     that stays down longer than VAE_TUNE_DB_OUTAGE_S seconds (default 600) stops the worker
     with exit code 75; start it again to resume.
     """
-    from vae_tune.reporting.dashboard_views import publish_figures
     from vae_tune.reporting.progress import TrialProgress
     from vae_tune.runner.interrupts import Interrupts
     from vae_tune.runner.pool import Pool
@@ -350,7 +349,6 @@ def worker(
                         threads=threads,
                         artifact_dir=artifact_dir,
                         progress=progress.epoch,
-                        publish=publish_figures,
                     ) as pool,
                 ):
                     ran = pool.run([progress.trial], note, serve=serve)
@@ -377,7 +375,7 @@ def worker(
         try:
             with (
                 TrialProgress(None, f"worker {me}:", echo=typer.echo) as progress,
-                Worker(prepared, heartbeat, interrupts, progress.epoch, publish_figures) as seat,
+                Worker(prepared, heartbeat, interrupts, progress.epoch) as seat,
             ):
                 ran = seat.run([progress.trial], note)
         except KeyboardInterrupt:
@@ -859,21 +857,36 @@ def dashboard(
             help="Artifact folder (trial pictures); default: beside the SQLite file.",
         ),
     ] = None,
+    refresh_s: Annotated[
+        float,
+        typer.Option(
+            "--refresh", min=1.0, help="Seconds between updates of the VAE notes and figures."
+        ),
+    ] = 10.0,
 ) -> None:
     """Open optuna-dashboard on the same storage and artifact store (Ctrl-C to stop).
 
-    Each trial's page shows its reconstruction and prior-sample pictures.
+    Each trial's page shows its reconstruction and prior-sample pictures and a note of its VAE
+    diagnostics; each study's page the rate-distortion and collapse figures. The dashboard
+    writes the notes and figures itself (workers do not), and keeps them current while it runs.
     """
-    from optuna_dashboard import run_server
-
+    from vae_tune.reporting.dashboard_views import serve_dashboard
     from vae_tune.tuning.artifacts import open_artifact_store
-    from vae_tune.tuning.storage import mask_url, open_storage
+    from vae_tune.tuning.storage import mask_url
 
-    opened = open_storage(storage, must_exist=True)
     store = open_artifact_store(storage, artifact_dir, create=False)
     _check_port_free(host, port)
-    typer.echo(f"optuna-dashboard for {mask_url(storage)} at http://{host}:{port}/")
-    run_server(opened, host=host, port=port, artifact_store=store)
+    typer.echo(f"writing the VAE notes and figures of {mask_url(storage)}'s studies")
+    serve_dashboard(
+        storage,
+        host,
+        port,
+        store,
+        refresh_s,
+        on_ready=lambda: typer.echo(
+            f"optuna-dashboard for {mask_url(storage)} at http://{host}:{port}/"
+        ),
+    )
 
 
 @app.command()

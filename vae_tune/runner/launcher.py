@@ -157,7 +157,6 @@ def run_study(
     on_prepared: Callable[[Prepared, int], None] | None = None,
     on_trial: Callback | None = None,
     on_epoch: Progress | None = None,
-    publish: Callable[[optuna.Study], None] | None = None,
     echo: Echo = print,
 ) -> RunOutcome:
     """Create or resume the study of `spec`, add its budget, and run trials until it is spent.
@@ -194,7 +193,7 @@ def run_study(
         outcome = RunOutcome(study, 0)
         try:
             if n_workers == 1:
-                with Worker(prepared, beat, interrupts, on_epoch, publish, storage) as worker:
+                with Worker(prepared, beat, interrupts, on_epoch, storage=storage) as worker:
                     worker.run([on_trial] if on_trial else [], echo)
             else:
                 outcome.ok = _run_workers(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import optuna
 
@@ -68,12 +68,11 @@ class Pool:
         threads: int | None = None,
         artifact_dir: str | None = None,
         progress: Progress | None = None,
-        publish: Callable[[optuna.Study], None] | None = None,
     ):
         self.url = storage_url
         self.interrupts = interrupts
         self.joining = {"device": device, "threads": threads, "artifact_dir": artifact_dir}
-        self.progress, self.publish = progress, publish
+        self.progress = progress
         with StudyLock(storage_url, TABLES_LOCK):  # pool workers started together on a new
             self.storage = open_storage(storage_url, Heartbeat())  # database create it once
         self.seats: dict[str, Worker] = {}
@@ -101,7 +100,6 @@ class Pool:
                     beat,
                     self.interrupts,
                     self.progress,
-                    self.publish,
                     storage=self.storage,
                 )
             except Exception as err:  # noqa: BLE001 - one bad study must not stop the pool

@@ -107,16 +107,13 @@ class Worker:
         heartbeat: Heartbeat,
         interrupts: Interrupts,
         progress: Progress | None = None,
-        publish: Callable[[optuna.Study], None] | None = None,
         storage: RetryingStorage | None = None,
         objective: Callable[[optuna.Trial], float] | None = None,
     ):
-        """`publish(study)` runs under the study lock after each finished trial: the CLI and
-        the API pass the dashboard's figures (kept out of this layer and its imports). A pool
-        worker passes its one `storage` to the seats of all its studies. `objective` replaces
-        the VAE's training (bench/scale.py times the loop around a stand-in)."""
+        """A pool worker passes its one `storage` to the seats of all its studies.
+        `objective` replaces the VAE's training (bench/scale.py times the loop around a
+        stand-in)."""
         spec = prepared.spec
-        self.publish = publish
         self.prepared, self.heartbeat, self.interrupts = prepared, heartbeat, interrupts
         self._owns_storage = storage is None
         self.storage = storage or open_storage(spec.storage, heartbeat)
@@ -281,20 +278,6 @@ class Worker:
         for callback in callbacks:
             callback(self.study, frozen)
         discard(self.study, frozen, self.store, released)
-        if state in (TrialState.COMPLETE, TrialState.PRUNED):
-            self._publish()
-
-    def _publish(self) -> None:
-        """Refresh the study's VAE figures for optuna-dashboard (best effort: a figure that
-        could not be stored now is stored with the next finished trial)."""
-        if self.publish is None or not self.lock.acquire(lambda: self.interrupts.requested):
-            return
-        try:
-            self.publish(self.study)
-        except Exception:  # noqa: BLE001
-            _log.warning("could not store the study's figures", exc_info=True)
-        finally:
-            self.lock.release()
 
     def _requeue(self, trial_id: int) -> None:
         """Best effort: the storage may refuse this write too (then the heartbeat does it)."""

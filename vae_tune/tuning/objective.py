@@ -33,7 +33,6 @@ from vae_tune.training.trainer import (
 from vae_tune.tuning import record
 from vae_tune.tuning.artifacts import open_artifact_store
 from vae_tune.tuning.checkpoint import seed_number
-from vae_tune.tuning.notes import save_trial_note
 from vae_tune.tuning.search_space import run_config, suggest
 from vae_tune.tuning.spec import StudySpec
 
@@ -116,10 +115,8 @@ class Objective:
         try:
             value = self._run(trial, clock)
         except optuna.TrialPruned:
-            save_trial_note(trial, "pruned")
             record.write(trial, seconds=clock.seconds())
             raise
-        save_trial_note(trial, "complete")
         record.write(trial, seconds=clock.seconds())
         return value
 
@@ -240,7 +237,13 @@ class Objective:
                 f"{beta:.3g}, validation ELBO {result.final.val.elbo:.2f} nats"
             )
             pictures = save_pictures(
-                result.model, result.likelihood, x_val, Path(tmp), 0, caption, labels=y_val,
+                result.model,
+                result.likelihood,
+                x_val,
+                Path(tmp),
+                0,
+                caption,
+                labels=y_val,
                 splits=self.splits,
             )
             for path in pictures:

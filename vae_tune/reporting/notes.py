@@ -1,15 +1,13 @@
 """The Markdown note optuna-dashboard shows on each finished trial: its VAE diagnostics, read
-from the trial's record (what a VAE researcher checks first). Stored through optuna-dashboard's
-public `save_note`, so `vae-tune dashboard` or any optuna-dashboard on the storage shows it.
+from the trial's record (what a VAE researcher checks first). `vae-tune dashboard` stores it
+(`vae_tune.reporting.dashboard_views`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import optuna
-
-from vae_tune.tuning.record import TrialRecord, read
+from vae_tune.tuning.record import TrialRecord
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
@@ -56,10 +54,3 @@ def note_markdown(number: int, outcome: str, r: TrialRecord) -> str:
         rows.append(("stopped", r.stop_reason))
     table = "\n".join(f"| {_cell(name)} | {_cell(value)} |" for name, value in rows)
     return f"## Trial {number}: {outcome}\n\n| diagnostic | value |\n|---|---|\n{table}\n"
-
-
-def save_trial_note(trial: optuna.Trial, outcome: str) -> None:
-    # optuna-dashboard's package imports its whole web app (2 s here): only when a note is saved
-    from optuna_dashboard import save_note
-
-    save_note(trial, note_markdown(trial.number, outcome, read(trial)))
