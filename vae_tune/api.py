@@ -110,9 +110,7 @@ class Result:
 
     def report(self, path: str | os.PathLike = "report.html") -> Path:
         """Write the study's self-contained HTML report."""
-        # plotly (and the report's other figures' imports) only when a report is drawn: a
-        # notebook or worker that tunes never loads them
-        from vae_tune.reporting.report import write_report
+        from vae_tune.reporting.report import write_report  # lazy: plotly, for reports only
 
         path = Path(path)
         write_report(self.spec.study_name, self.spec.storage, path, self.spec.artifact_dir)
