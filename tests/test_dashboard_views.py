@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,19 @@ def test_a_worker_running_a_trial_never_imports_plotly_or_the_dashboard(write_sp
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+class _Refusing:
+    """A storage that refuses every read (a dashboard on a database it cannot use)."""
+
+    def get_all_studies(self):
+        raise PermissionError("read-only")
+
+
+def test_a_failing_refresh_warns_once_and_never_raises(caplog):
+    views = DashboardViews(_Refusing())
+    with caplog.at_level(logging.DEBUG, logger="vae_tune"):
+        views.refresh_or_warn()
+        views.refresh_or_warn()
+    levels = [r.levelno for r in caplog.records if "notes and figures" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG]

@@ -16,7 +16,7 @@
   `docker compose config` where installed).
 - docs/deploy-*.md: the files they name exist.
 
-Tests marked `fast` read files only.
+Tests not marked `integration` read files only (the fast tier).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ SBATCH = ROOT / "deploy" / "slurm" / "vae-tune-array.sbatch"
 PROXY_COMPOSE = ROOT / "deploy" / "compose" / "proxy.yml"
 DOCS = {name: ROOT / "docs" / f"deploy-{name}.md" for name in ("kubernetes", "slurm", "compose")}
 
-fast = pytest.mark.fast
 
 # The oldest Kubernetes release the manifests target (indexed Jobs with backoffLimitPerIndex and
 # podFailurePolicy FailIndex, elastic indexed Jobs) and the newest whose schemas are shipped.
@@ -227,7 +226,6 @@ def k8s_versions() -> list[str]:
 
 
 @pytest.mark.integration
-@fast
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
 def test_every_manifest_validates_against_the_kubernetes_schemas_strictly(path: Path):
     utils = kv_utils()
@@ -246,7 +244,6 @@ def _rename(tree: dict[str, Any], path: list[Any], old: str, new: str) -> None:
     node[new] = node.pop(old)
 
 
-@fast
 @pytest.mark.parametrize(
     ("file", "kind", "path", "old", "new"),
     [
@@ -280,7 +277,6 @@ def test_a_misspelt_field_is_rejected(file, kind, path, old, new):
         utils.validate(bad, K8S_OLDEST, strict=True)
 
 
-@fast
 def test_the_validator_command_rejects_a_typo_in_a_file(tmp_path: Path):
     """The same through kubernetes-validate's command line, on a mutated copy of a file."""
     good = (K8S / "workers-job.yaml").read_text()
@@ -301,7 +297,6 @@ def test_the_validator_command_rejects_a_typo_in_a_file(tmp_path: Path):
 # Kubernetes: the objects fit together
 
 
-@fast
 def test_the_kustomization_applies_the_service_and_the_jobs_go_on_their_own():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["apiVersion"].startswith("kustomize.config.k8s.io/")
@@ -337,7 +332,6 @@ def test_kustomize_builds_the_directory():
     assert built == expected
 
 
-@fast
 def test_labels_are_consistent_and_selectors_match_their_pods():
     for file, obj in k8s_objects():
         labels = obj["metadata"]["labels"]
@@ -360,7 +354,6 @@ def test_labels_are_consistent_and_selectors_match_their_pods():
     assert len(components) == len(set(components)), "two workloads share a component label"
 
 
-@fast
 def test_every_service_selects_pods_that_exist_on_ports_they_open():
     services = objects("Service")
     assert set(services) == {"vae-tune-postgres", "vae-tune-proxy", "vae-tune-dashboard"}
@@ -378,7 +371,6 @@ def _grpc(url: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-@fast
 def test_the_workers_are_an_indexed_job_that_reaches_the_storage_proxy():
     job, pod = component("worker")
     assert job["kind"] == "Job" and name_of(job) == "vae-tune-workers"
@@ -434,7 +426,6 @@ def test_the_workers_are_an_indexed_job_that_reaches_the_storage_proxy():
     assert threads == {"containerName": "worker", "resource": "limits.cpu", "divisor": "1"}
 
 
-@fast
 def test_the_proxy_and_the_dashboard_reach_postgres_without_a_password_in_the_url():
     (postgres,) = objects("StatefulSet").values()
     (pg,) = postgres["spec"]["template"]["spec"]["containers"]
@@ -477,7 +468,6 @@ def _references(pod: dict[str, Any]) -> Iterator[tuple[str, str, str | None, boo
         assert "hostPath" not in v, "no hostPath volumes"
 
 
-@fast
 def test_secrets_claims_and_config_maps_exist_or_are_created_by_the_user_as_documented():
     doc = DOCS["kubernetes"].read_text()
     assert not objects("Secret"), "no Secret is committed: the user creates it"
@@ -504,7 +494,6 @@ def test_secrets_claims_and_config_maps_exist_or_are_created_by_the_user_as_docu
             assert command in (K8S / "postgres.yaml").read_text()
 
 
-@fast
 def test_every_pod_runs_as_non_root_with_resources():
     for where, _, pod in workloads():
         sc = pod["spec"]["securityContext"]
@@ -531,7 +520,6 @@ def test_every_pod_runs_as_non_root_with_resources():
     assert "--uid 1000" in dockerfile and "USER tuner" in dockerfile
 
 
-@fast
 @pytest.mark.parametrize(
     ("where", "container"), vae_tune_containers(), ids=lambda v: v if isinstance(v, str) else ""
 )
@@ -544,7 +532,6 @@ def test_every_vae_tune_command_in_the_manifests_parses_and_its_env_is_read(wher
         assert params["host"] == "0.0.0.0", where
 
 
-@fast
 def test_the_postgres_container_sets_only_what_the_image_reads():
     (postgres,) = objects("StatefulSet").values()
     for c in postgres["spec"]["template"]["spec"]["containers"]:
@@ -567,7 +554,6 @@ def sbatch_directives() -> dict[str, str]:
     return found
 
 
-@fast
 def test_the_sbatch_directives():
     assert SBATCH.read_text().startswith("#!/bin/bash\n")
     assert os.access(SBATCH, os.X_OK)
@@ -592,7 +578,6 @@ def test_the_sbatch_directives():
     assert "journal://$root/studies.journal" in text
 
 
-@fast
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="no shellcheck here")
 def test_shellcheck_finds_nothing_in_the_sbatch_script():
     out = subprocess.run(["shellcheck", str(SBATCH)], capture_output=True, text=True)
@@ -773,7 +758,6 @@ def _command(service: dict[str, Any]) -> list[str]:
     return command.split() if isinstance(command, str) else [str(c) for c in command]
 
 
-@fast
 def test_the_proxy_override_fits_docker_compose_yml():
     base = _compose(ROOT / "docker-compose.yml")["services"]
     override = _compose(PROXY_COMPOSE)["services"]
@@ -805,7 +789,6 @@ def test_the_proxy_override_fits_docker_compose_yml():
             assert key in code_env_vars(), key
 
 
-@fast
 def test_the_proxy_command_in_compose_parses():
     proxy = _compose(PROXY_COMPOSE)["services"]["storage-proxy"]
     params = parse_cli(_command(proxy), "deploy/compose/proxy.yml: storage-proxy")
@@ -847,7 +830,6 @@ def test_docker_compose_config_merges_the_proxy_override():
 # the docs
 
 
-@fast
 @pytest.mark.parametrize("name", sorted(DOCS))
 def test_the_deploy_pages_name_files_that_exist(name: str):
     text = DOCS[name].read_text()

@@ -41,6 +41,17 @@ class DashboardViews:
     def __init__(self, storage: RetryingStorage):
         self.storage = storage
         self._drawn: dict[str, int] = {}  # study name -> finished trials its figures show
+        self._warned = False
+
+    def refresh_or_warn(self) -> None:
+        """`refresh`, best effort: a storage the dashboard may only read, or a study being
+        deleted, leaves the views as they are (a warning the first time), never the page down."""
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001
+            level = logging.DEBUG if self._warned else logging.WARNING
+            _log.log(level, "could not update the VAE notes and figures", exc_info=True)
+            self._warned = True
 
     def refresh(self) -> int:
         """Bring every study's views up to date; the number of notes written."""
@@ -94,10 +105,7 @@ class Refresher(threading.Thread):
         views = DashboardViews(storage)
         try:
             while not self._stop_event.wait(self.interval):
-                try:
-                    views.refresh()
-                except Exception:  # noqa: BLE001 - a view written late beats a dead dashboard
-                    _log.warning("could not refresh the dashboard's VAE views", exc_info=True)
+                views.refresh_or_warn()
         finally:
             storage.close()
 
@@ -119,7 +127,7 @@ def serve_dashboard(
 
     storage = open_storage(url, must_exist=True)
     try:
-        DashboardViews(storage).refresh()
+        DashboardViews(storage).refresh_or_warn()
         if on_ready is not None:
             on_ready()
         refresher = Refresher(url, refresh_s)
