@@ -9,6 +9,7 @@ name of its own and deletes it afterwards: the database outlives the test run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -167,7 +168,7 @@ def test_budget_counts_retried_crashes_once():
     assert (tally.committed, tally.retries_waiting, tally.finished) == (2, 1, 1)
 
 
-def test_retry_resumes_the_newest_checkpoint_of_its_history(tmp_path: Path):
+def test_retry_resumes_the_newest_checkpoint_of_its_history(tmp_path: Path, caplog):
     """The checkpoint lookup of a retried trial, step by step, without processes."""
     from optuna.artifacts import FileSystemArtifactStore
 
@@ -211,7 +212,9 @@ def test_retry_resumes_the_newest_checkpoint_of_its_history(tmp_path: Path):
     third = study.ask()
     assert seed_number(third) == first.number
     third.set_user_attr("config", {**config, "lr": 0.1})
-    assert TrialCheckpoints(third, store).load() is None
+    with caplog.at_level(logging.WARNING, logger="vae_tune"):
+        assert TrialCheckpoints(third, store).load() is None
+    assert "its config differs in ['lr']" in caplog.text  # it says why it starts afresh
     assert study._storage.get_trial(third._trial_id).user_attrs["resumed_from_epoch"] == 0
 
     study.tell(third, 1.0)
@@ -341,7 +344,8 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
     assert (
         retry.params == original.params and retry.user_attrs["seed"] == original.user_attrs["seed"]
     )
-    resumed = retry.user_attrs["resumed_from_epoch"]
+    resumed = retry.user_attrs.get("resumed_from_epoch")
+    assert resumed is not None, out  # the output says why a checkpoint was not used
     assert 1 <= resumed <= 4  # epochs trained after the kill: 4 - resumed < 4
     assert retry.user_attrs["resumed_from"] == {"trial": victim.number, "epoch": resumed}
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]  # the whole learning curve

@@ -15,6 +15,7 @@ machines: a shared `artifact_dir`); a retry that cannot read the file starts afr
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from typing import Any
@@ -26,6 +27,8 @@ from optuna.trial import FrozenTrial
 
 from vae_tune.tuning import record
 from vae_tune.tuning.record import read
+
+_log = logging.getLogger("vae_tune")
 
 # settings that may differ between the original and the retry without changing the maths
 _MAY_DIFFER = ("device", "threads", "compile", "eval_batch_size", "epochs", "source")
@@ -74,10 +77,16 @@ class TrialCheckpoints:
                 try:
                     with self.store.open_reader(ref.artifact_id) as f:
                         saved = torch.load(f, map_location="cpu", weights_only=True)
-                except Exception:  # noqa: BLE001 - unreadable for any reason: start afresh
-                    continue  # e.g. another machine's local store, or a half-written file
-                if _comparable(saved.get("config")) != _comparable(self._config()):
-                    continue  # the spec changed under the study: do not mix two runs
+                except Exception as err:  # noqa: BLE001 - unreadable for any reason: start afresh
+                    # e.g. another machine's local store, or a half-written file
+                    self._skipped(number, ref.artifact_id, f"unreadable: {err!r}")
+                    continue
+                theirs, ours = _comparable(saved.get("config")), _comparable(self._config())
+                if theirs != ours:  # the spec changed under the study: do not mix two runs
+                    keys = theirs.keys() | ours.keys()
+                    changed = sorted(k for k in keys if theirs.get(k) != ours.get(k))
+                    self._skipped(number, ref.artifact_id, f"its config differs in {changed}")
+                    continue
                 resumed = saved["state"]
                 record.write(
                     self.trial, resumed_from={"trial": number, "epoch": int(resumed["epoch"])}
@@ -87,6 +96,15 @@ class TrialCheckpoints:
         if resumed is not None or read(self.trial).resumed_from_epoch is not None:  # inherited
             record.write(self.trial, resumed_from_epoch=int(resumed["epoch"]) if resumed else 0)
         return resumed
+
+    def _skipped(self, number: int, artifact_id: str, why: str) -> None:
+        _log.warning(
+            "trial %d: not resuming from trial %d's checkpoint %s (%s)",
+            self.trial.number,
+            number,
+            artifact_id,
+            why,
+        )
 
     def _restore_curve(self, state: dict[str, Any]) -> None:
         """Report the checkpointed epochs the retry did not inherit (the worker may have died
