@@ -90,25 +90,14 @@ def _construct(cls: type, options: dict[str, Any], field: str) -> Any:
         raise SpecError(f"bad options for {cls.__name__}: {err}", field) from None
 
 
-class TrialSeededSampler(BaseSampler):
-    """Draw trial n of study S with a sampler seeded from (spec seed, S, n).
+class WrappingSampler(BaseSampler):
+    """A sampler that hands every call to the sampler it wraps (`self._inner`); subclasses
+    override the calls they change."""
 
-    An Optuna sampler seeded once per process redraws the same sequence in every process:
-    each resumed `vae-tune run` and each concurrent one would repeat the points the first run
-    tried. Seeding by trial number keeps a study reproducible while every trial, in whichever
-    process, draws its own numbers; the history the sampler learns from is the study's. The
-    study name is in the seed too, so a study warm-started from another with the same spec
-    seed does not redraw that study's points.
-    """
-
-    def __init__(self, make: Callable[[int], BaseSampler], seed: int):
-        self._make = make
-        self._seed = seed
-        self._inner = make(seed)
+    def __init__(self, inner: BaseSampler):
+        self._inner = inner
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        study_id = text_id(study.study_name)
-        self._inner = self._make(derive(self._seed, "sampler", study_id, trial.number))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(
@@ -146,7 +135,29 @@ class TrialSeededSampler(BaseSampler):
         return str(self._inner)
 
 
-class CostAwareSampler(BaseSampler):
+class TrialSeededSampler(WrappingSampler):
+    """Draw trial n of study S with a sampler seeded from (spec seed, S, n).
+
+    An Optuna sampler seeded once per process redraws the same sequence in every process:
+    each resumed `vae-tune run` and each concurrent one would repeat the points the first run
+    tried. Seeding by trial number keeps a study reproducible while every trial, in whichever
+    process, draws its own numbers; the history the sampler learns from is the study's. The
+    study name is in the seed too, so a study warm-started from another with the same spec
+    seed does not redraw that study's points.
+    """
+
+    def __init__(self, make: Callable[[int], BaseSampler], seed: int):
+        super().__init__(make(seed))
+        self._make = make
+        self._seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        study_id = text_id(study.study_name)
+        self._inner = self._make(derive(self._seed, "sampler", study_id, trial.number))
+        self._inner.before_trial(study, trial)
+
+
+class CostAwareSampler(WrappingSampler):
     """Pick each trial's architecture by expected improvement per second of training.
 
     Architectures differ up to 20x in seconds per epoch, and a sampler that counts trials
@@ -176,7 +187,7 @@ class CostAwareSampler(BaseSampler):
         epochs: int | None = None,
         trial_seconds: float | None = None,
     ):
-        self._base = base
+        super().__init__(base)
         self._param = param
         self._epochs = epochs
         self._trial_seconds = trial_seconds
@@ -247,18 +258,10 @@ class CostAwareSampler(BaseSampler):
 
         return max(candidates, key=score)  # the first of equals: the base sampler's own draw
 
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._base.before_trial(study, trial)
-
-    def infer_relative_search_space(
-        self, study: Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._base.infer_relative_search_space(study, trial)
-
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        point = self._base.sample_relative(study, trial, search_space)
+        point = self._inner.sample_relative(study, trial, search_space)
         dist = search_space.get(self._param)
         if self._param not in point or not isinstance(dist, CategoricalDistribution):
             return point
@@ -277,27 +280,15 @@ class CostAwareSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        value = self._base.sample_independent(study, trial, param_name, param_distribution)
+        value = self._inner.sample_independent(study, trial, param_name, param_distribution)
         if param_name != self._param or not isinstance(param_distribution, CategoricalDistribution):
             return value
         return self._pick(
             study, value, lambda v: v, lambda _v, c: c, param_distribution.choices
         )
 
-    def after_trial(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: collections.abc.Sequence[float] | None,
-    ) -> None:
-        self._base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._base.reseed_rng()
-
     def __str__(self) -> str:
-        return f"cost-aware {self._base}"
+        return f"cost-aware {self._inner}"
 
 
 def _expected_improvement(mu: float, sigma: float, best: float) -> float:
