@@ -1,8 +1,8 @@
 """The trial runner: sample a config, train it, report validation ELBO each epoch, prune.
 
 A completed trial also gets its diagnostics (importance-weighted NLL, KL per latent dimension,
-active units, a posterior-collapse flag) and two pictures in the artifact store; every
-finished trial gets a Markdown note with them for optuna-dashboard.
+active units, a posterior-collapse flag) and two pictures in the artifact store, recorded on
+the trial (`vae_tune.tuning.record`); `vae-tune dashboard` turns them into each trial's note.
 """
 
 from __future__ import annotations
