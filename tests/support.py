@@ -266,9 +266,16 @@ def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") ->
     raise AssertionError(f"timed out waiting for {message or what}")
 
 
+_STORAGES: dict[str, Any] = {}
+
+
 def open_study(url: str, name: str) -> optuna.Study:
-    """The study `name` at any vae-tune storage URL (database, grpc://, journal://)."""
-    return optuna.load_study(study_name=name, storage=open_storage(url))
+    """The study `name` at any vae-tune storage URL (database, grpc://, journal://). The
+    storage is opened once per URL: a test polling a study (`wait_for`) then sees each change
+    within a poll, not after opening a new connection pool every time."""
+    if url not in _STORAGES:
+        _STORAGES[url] = open_storage(url)
+    return optuna.load_study(study_name=name, storage=_STORAGES[url])
 
 
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
