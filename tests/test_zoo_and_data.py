@@ -204,3 +204,39 @@ def test_real_mnist_study(cli, write_spec, db_url):
     assert "500 train / 600 validation images of 28x28" in result.output
     study = optuna.load_study(study_name="tiny", storage=db_url)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_the_digits_are_cached_once_and_then_load_without_scikit_learn(tmp_path, monkeypatch):
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from vae_tune.data.digits import digits_cache_file, load_digits_cached
+
+    monkeypatch.setenv("VAE_TUNE_CACHE", str(tmp_path))
+    path = digits_cache_file()
+    assert not path.exists()
+    first = load_digits_cached()
+    assert path.is_file() and path.parent.parent == tmp_path
+    truth = load_digits()
+    np.testing.assert_array_equal(first.images, truth.images.astype(np.float32) / 16.0)
+    np.testing.assert_array_equal(first.labels, truth.target)
+    assert first.images.dtype == np.float32 and first.labels.dtype == np.int64
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # importing it now fails
+    again = load_digits_cached()
+    np.testing.assert_array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.labels, first.labels)
+    path.write_bytes(b"not an npz")  # a damaged cache is loaded afresh and replaced
+    monkeypatch.delitem(sys.modules, "sklearn.datasets")
+    np.testing.assert_array_equal(load_digits_cached().images, first.images)
+    with np.load(path) as arrays:
+        assert arrays["labels"].shape == (1797,)
+
+
+def test_digits_load_where_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    from vae_tune.data.digits import load_digits_cached
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("VAE_TUNE_CACHE", str(blocker))  # a file, not a folder
+    assert load_digits_cached().images.shape == (1797, 8, 8)

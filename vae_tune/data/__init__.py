@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vae_tune.data.arrays import load_array, load_labels
+from vae_tune.data.digits import load_digits_cached
 from vae_tune.data.labelled import Labelled
 from vae_tune.data.mnist_family import load_mnist_family
 from vae_tune.data.tables import check_fits, load_table
@@ -145,10 +146,7 @@ def load_splits(spec: DatasetChoice, seed: int, likelihood: str | None = None) -
 @register("digits")
 def _digits(spec: DatasetChoice) -> tuple[Labelled, None]:
     """scikit-learn's 1,797 8x8 handwritten digits (ship inside scikit-learn: no download)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return Labelled(digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)), None
+    return load_digits_cached(), None
 
 
 def _local(path: str | None) -> Path | None:
