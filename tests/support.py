@@ -44,7 +44,10 @@ TINY_SPEC: dict[str, Any] = {
         "batch_size": 64,
         "mlp": {"hidden_dim": 32, "depth": 1},
     },
-    "training": {"epochs": 2, "device": "cpu", "threads": 1},
+    # fp32: `precision: auto` would time each architecture in bf16 and fp32 on a bf16 CPU (up
+    # to 13 s each); auto is tested with injected readings (test_precision, test_cost_aware)
+    # and for real where the tutorials run as written (tests/test_docs.py)
+    "training": {"epochs": 2, "device": "cpu", "threads": 1, "precision": "fp32"},
     "sampler": {"name": "random"},
     "pruner": {"name": "none"},
     "budget": {"n_trials": 2},
@@ -318,3 +321,27 @@ def worker_spec(tmp_path: Path, url: str, name: str, *changes: dict[str, Any]) -
 def states(study: optuna.Study) -> Counter:
     """The study's trials counted by state name."""
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+HELD_VAE = f"{Path(__file__).resolve().parent / 'held_vae.py'}:HeldMLP"
+# SLOW_CHANGES on `tests/held_vae.py`'s MLP: with `Gate` set, each trial holds at its second
+# validation (a checkpoint saved) until the test opens the gate
+HELD_CHANGES: dict[str, Any] = merge(
+    copy.deepcopy(SLOW_CHANGES),
+    {
+        "architectures": {"held": HELD_VAE},
+        "search_space": {"architecture": "held", "held": {"hidden_dim": 256, "depth": 3}},
+    },
+)
+
+
+class Gate:
+    """The file a held trial waits for (`tests/held_vae.py`): `env` for the processes that
+    train, `open()` once the test has struck."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / f"gate-{uuid.uuid4().hex[:6]}"
+        self.env = {"VAE_TUNE_TEST_GATE": str(self.path)}
+
+    def open(self) -> None:
+        self.path.touch()

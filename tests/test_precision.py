@@ -144,3 +144,36 @@ def test_bf16_matmul_trains_and_validates_in_fp32(reading):
     noise = derive(config.data_seed, "val-noise")
     again = evaluate(run.model, run.likelihood, x_val, config.eval_batch_size, noise)
     assert again.elbo == pytest.approx(run.final.val.elbo, abs=1e-9)
+
+
+def test_the_machines_reading_is_probed_once_and_kept_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv(hardware.PRECISION_CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(PROBE_ENV, raising=False)
+    monkeypatch.delenv(hardware.PROBED_ENV, raising=False)
+    monkeypatch.setattr(hardware, "cpu_lists_bf16", lambda: True)
+    answers = ["unavailable: the bf16 probe took over 120 s", "1.30 autocast"]
+    probes = []
+
+    def probe():
+        probes.append(1)
+        return answers[len(probes) - 1]
+
+    monkeypatch.setattr(hardware, "_probe_in_child", probe)
+
+    def fresh_process() -> str:  # what a new `vae-tune` command reads
+        monkeypatch.delenv(PROBE_ENV, raising=False)
+        hardware.cpu_bf16_reading.cache_clear()
+        return hardware.cpu_bf16_reading()
+
+    try:
+        assert fresh_process().startswith("unavailable")  # a failed probe is not kept
+        assert not hardware.machine_reading_file().exists()
+        assert fresh_process() == "1.30 autocast"
+        assert hardware.machine_reading_file().read_text() == "1.30 autocast"
+        assert fresh_process() == "1.30 autocast" and len(probes) == 2  # from disk
+        assert hardware.os.environ[hardware.PROBED_ENV] == "1"  # ours: per-architecture next
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # another oneDNN: another reading
+        answers.append("0.80 autocast")
+        assert fresh_process() == "0.80 autocast" and len(probes) == 3
+    finally:
+        hardware.cpu_bf16_reading.cache_clear()

@@ -21,7 +21,8 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from support import (
     HEARTBEAT,
-    SLOW_CHANGES,
+    HELD_CHANGES,
+    Gate,
     PrivatePostgres,
     Proc,
     free_port,
@@ -246,11 +247,15 @@ def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
     server = PrivatePostgres()
     server.start()
     url, name = server.url, "restarted"
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
-    run = Proc(tmp_path, "run", spec, "--workers", "4", "--n-trials", "6", *HEARTBEAT[:2])
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)  # trials hold after their first checkpoint until the restart
+    run = Proc(
+        tmp_path, "run", spec, "--workers", "4", "--n-trials", "6", *HEARTBEAT[:2], env=gate.env
+    )
     try:
         wait_for(_running_with_checkpoint(url, name, count=2), 180, "2 trials training")
         server.restart()
+        gate.open()
         code, out = run.wait(600), run.output
         assert code == 0, out
         study = open_study(url, name)
@@ -277,16 +282,18 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
     db, port = tmp_path / "p.db", free_port()
     url, name = f"grpc://127.0.0.1:{port}", "down"
     server = _proxy(tmp_path, db, port)
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)  # the trial holds after its first checkpoint until the proxy is down
     worker = None
     try:
         submitted = Proc(tmp_path, "submit", str(spec), "--n-trials", "2", *HEARTBEAT)
         assert submitted.wait() == 0, submitted.output
-        env = {"VAE_TUNE_DB_OUTAGE_S": "3"}
+        env = {"VAE_TUNE_DB_OUTAGE_S": "3", **gate.env}
         worker = Proc(tmp_path, "worker", "--study-name", name, "--storage", url, env=env)
         wait_for(_running_with_checkpoint(url, name), 180, "a trial training")
         server.popen.kill()
         server.wait(10)
+        gate.open()
         code, out = worker.wait(120), worker.output
         assert code == 75, out
         assert "does not answer" in out and "has not answered for" in out

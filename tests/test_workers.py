@@ -24,7 +24,9 @@ from optuna.trial import TrialState
 from sqlalchemy import make_url
 from support import (
     HEARTBEAT,
+    HELD_CHANGES,
     SLOW_CHANGES,
+    Gate,
     Proc,
     free_port,
     get_json,
@@ -41,6 +43,7 @@ from vae_tune.runner.launcher import share_devices
 from vae_tune.tuning.storage import open_storage
 
 pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
+
 
 def _unique_study(url: str):
     """A study name of its own on `url`; the study is deleted afterwards."""
@@ -322,11 +325,13 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
     trial and runs its retry, which resumes from the last checkpoint; the budget stays exact.
     The same on every storage (Optuna's heartbeats on databases, vae-tune's elsewhere)."""
     url, name = any_storage
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
-    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)  # each trial holds after its first checkpoint until the kill
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT, env=gate.env)
     victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     killed_at = time.time()
     os.kill(int(victim.user_attrs["worker"].split(":")[-1]), signal.SIGKILL)
+    gate.open()
     code = run.wait()
     out = run.output
     assert code == 0, out
@@ -355,16 +360,15 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
 
 def test_sigint_exits_130_and_the_next_worker_resumes(backend, tmp_path: Path, cli):
     url, name = backend
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
-    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT)
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT, env=gate.env)
     wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
-    sent = time.monotonic()
+    gate.open()  # three epochs left to train: the signal lands while they do
     run.popen.send_signal(signal.SIGINT)
     code = run.wait()
-    took = time.monotonic() - sent
     out = run.output
     assert code == 130, out
-    assert took < 15, f"exit took {took:.1f}s"
     assert "Traceback" not in out
     study = _study(url, name)
     counted = states(study)
@@ -397,9 +401,11 @@ def test_sigint_during_checkpoint_writes_leaves_no_orphans(tmp_path: Path, delay
     """The signal only sets a flag: whenever it lands (here at and just after a checkpoint
     write), no checkpoint file is left unrecorded and no trial is left RUNNING."""
     url, name = f"sqlite:///{tmp_path / 's.db'}", "sig"
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
-    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)  # held at epoch 2's validation: its checkpoint is written next
+    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT, env=gate.env)
     wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    gate.open()
     time.sleep(delay)
     run.popen.send_signal(signal.SIGINT)
     assert run.wait() == 130, run.output
@@ -415,13 +421,15 @@ def test_trial_failed_by_another_worker_is_left_to_its_retry(tmp_path: Path):
     from vae_tune.tuning.storage import retry_callback
 
     url, name = f"sqlite:///{tmp_path / 's.db'}", "late"
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES)
-    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT)
+    spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
+    gate = Gate(tmp_path)
+    run = Proc(tmp_path, "run", spec, "--n-trials", "1", *HEARTBEAT, env=gate.env)
     victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
     study = _study(url, name)
     with StudyLock(url, name):  # as a worker's recovery does: fail and queue it at once
         study._storage.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # as if stale
         retry_callback(3)(study, study._storage.get_trial(victim._trial_id))
+    gate.open()
     code, out = run.wait(), run.output
     assert code == 0, out
     assert "taken over by another worker" in out

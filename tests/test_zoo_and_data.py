@@ -197,6 +197,8 @@ def test_real_mnist_study(cli, write_spec, db_url):
             },
             "likelihood": {"binarize": "dynamic"},
             "search_space": {"architecture": {"choices": ["conv", "hybrid"]}},
+            # the IW-NLL's k=100 decodes would cost 20x the epoch: a small one keeps its path
+            "training": {"iw_samples": 4, "iw_examples": 100},
         }
     )
     result = cli("run", spec, "--n-trials", "2", "--epochs", "1")

@@ -187,26 +187,11 @@ def parse_reading(text: str) -> tuple[float, str] | None:
     return float(match["ratio"]), mode
 
 
-@functools.cache
-def cpu_bf16_reading() -> str:
-    """This CPU's faster bf16 mode and its training speed over fp32 ("1.43 matmul"), or
-    "unavailable: why"; measured once per process tree (the reading is passed to child
-    processes in `PROBE_ENV`)."""
-    reading = os.environ.get(PROBE_ENV, "")
-    if not (reading.startswith("unavailable") or parse_reading(reading)):  # unset, or not ours
-        if cpu_lists_bf16():
-            reading = _probe_in_child()
-        else:
-            reading = "unavailable: the CPU lists no bf16 instructions (avx512_bf16 or amx_bf16)"
-        os.environ[PROBE_ENV] = reading
-        os.environ[PROBED_ENV] = "1"
-    return reading
-
-
 # a bf16 mode's validation bound may differ from fp32's by at most this (nats per example, the
 # tolerance README's precision lever states) after the same training steps, or auto skips it
 ELBO_TOLERANCE = 0.5
-# where per-architecture probe readings are kept (default: the dataset cache's `precision/`)
+# where the probe readings (the machine's, each architecture's) are kept (default: the dataset
+# cache's `precision/`)
 PRECISION_CACHE_ENV = "VAE_TUNE_PRECISION_CACHE"
 # the precision of each mode as the per-architecture probe names it
 _PROBED = {"fp32": "fp32", "autocast": "bf16", "matmul": "bf16-matmul"}
@@ -226,6 +211,57 @@ def precision_cache_dir() -> Path:
     if os.environ.get(PRECISION_CACHE_ENV):
         return Path(os.environ[PRECISION_CACHE_ENV])
     return cache_dir() / "precision"
+
+
+def _write_cached(path: Path, text: str) -> None:
+    """Keep a reading; atomic, so a concurrent worker reads a whole file or none. A read-only
+    cache only means it is measured again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def machine_reading_file() -> Path:
+    """Where the bf16 probe's reading of this machine is kept: keyed by CPU model, torch
+    version and oneDNN's ISA cap (`ONEDNN_MAX_CPU_ISA` changes what bf16 runs on)."""
+    key = "|".join([cpu_model(), torch.__version__, os.environ.get("ONEDNN_MAX_CPU_ISA", "")])
+    return precision_cache_dir() / f"machine-{hashlib.sha256(key.encode()).hexdigest()[:16]}.txt"
+
+
+def _probe_once_per_machine() -> str:
+    """The probe's reading from disk, else from a probe (kept when it is a reading: a probe
+    that crashed or timed out is tried again next time)."""
+    path = machine_reading_file()
+    try:
+        kept = path.read_text().strip()
+    except OSError:
+        kept = ""
+    if parse_reading(kept):
+        return kept
+    reading = _probe_in_child()
+    if parse_reading(reading):
+        _write_cached(path, reading)
+    return reading
+
+
+@functools.cache
+def cpu_bf16_reading() -> str:
+    """This CPU's faster bf16 mode and its training speed over fp32 ("1.43 matmul"), or
+    "unavailable: why"; measured once per machine and torch version (`machine_reading_file`)
+    and passed to child processes in `PROBE_ENV`."""
+    reading = os.environ.get(PROBE_ENV, "")
+    if not (reading.startswith("unavailable") or parse_reading(reading)):  # unset, or not ours
+        if cpu_lists_bf16():
+            reading = _probe_once_per_machine()
+        else:
+            reading = "unavailable: the CPU lists no bf16 instructions (avx512_bf16 or amx_bf16)"
+        os.environ[PROBE_ENV] = reading
+        os.environ[PROBED_ENV] = "1"
+    return reading
 
 
 def precision_cache_file(architecture: str, image_shape: tuple[int, ...]) -> Path:
@@ -334,13 +370,7 @@ def architecture_precision(
             "cpu": cpu_model(), "torch": torch.__version__, "architecture": architecture,
             "image_shape": list(image_shape),
         }  # fmt: skip
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(reading, indent=1))
-            tmp.replace(path)  # atomic: a concurrent worker reads a whole file or none
-        except OSError:
-            pass  # a read-only home: probed again next time
+        _write_cached(path, json.dumps(reading, indent=1))
     precision = reading.get("precision", "fp32")
     known = set(_PROBED.values()) - ({"bf16-matmul"} if not bf16_matmul_available() else set())
     return precision if precision in known else "fp32"
