@@ -1,12 +1,15 @@
 """What vae-tune costs a process before it trains: import time and the heavy packages loaded.
 
 Two measurements per source tree, each a fresh interpreter, repeated and interleaved across
-the trees (medians; `-X importtime`, the sum of the top-level imports' cumulative times):
+the trees (medians; `-X importtime`, the sum of the top-level imports' cumulative times, and
+the process's whole wall time):
 
 * `import vae_tune`: what a notebook or any `vae-tune` command pays first.
 * a worker through its first trial: `vae-tune run quickstart --n-trials 1 --epochs 1
   --workers 1`, whose in-process worker runs exactly what `vae-tune worker` runs per trial.
   It also lists which heavy optional packages (plotly, optuna-dashboard, pandas) it loaded.
+  Its wall time includes the one-epoch trial and, on a CPU with bf16, reading (or taking)
+  the bf16 probe; the dataset cache (`$VAE_TUNE_CACHE`) is the user's, as a second run sees it.
 
     python bench/import_time.py                          # this checkout
     git worktree add /tmp/before <commit>                # then, before against after:
@@ -22,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HEAVY = ("plotly", "optuna_dashboard", "pandas", "matplotlib")
@@ -54,17 +58,23 @@ else:
 """
 
 
-def measure(tree: Path, args: list[str], cwd: Path) -> tuple[float, set[str]]:
+def measure(tree: Path, args: list[str], cwd: Path) -> tuple[float, float, set[str]]:
+    """(import seconds, wall seconds, top-level packages) of one fresh interpreter."""
     paths = os.pathsep.join([str(tree.resolve()), *site.getsitepackages()])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_TUNE_BF16")}
+    began = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-S", "-X", "importtime", "-c", BOOT, paths, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
+        env=env,  # no bf16 reading handed down: each process finds its own, as a command does
     )
+    wall = time.perf_counter() - began
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed in {tree}:\n{out.stderr[-3000:]}")
-    return imports(out.stderr)
+    took, names = imports(out.stderr)
+    return took, wall, names
 
 
 def main() -> None:
@@ -76,27 +86,30 @@ def main() -> None:
     run = "-m vae_tune run quickstart --n-trials 1 --epochs 1 --workers 1".split()
     cases = {"import vae_tune": ["-c", "import vae_tune"], "worker, first trial": run}
     seconds: dict[tuple[str, str], list[float]] = {}
+    walls: dict[tuple[str, str], list[float]] = {}
     loaded: dict[tuple[str, str], set[str]] = {}
     for _ in range(opts.repeats):
         for case, args in cases.items():
             for name, path in trees:
                 with tempfile.TemporaryDirectory() as tmp:  # a fresh database each time
-                    took, names = measure(Path(path), args, Path(tmp))
+                    took, wall, names = measure(Path(path), args, Path(tmp))
                 seconds.setdefault((case, name), []).append(took)
+                walls.setdefault((case, name), []).append(wall)
                 loaded[(case, name)] = names
     print(
         f"# bench/import_time.py, {opts.repeats} interleaved repeats, medians; "
         f"python {sys.version.split()[0]}"
     )
-    print(f"{'case':<22}{'tree':<10}{'imports s':>10}  heavy packages loaded")
+    print(f"{'case':<22}{'tree':<10}{'imports s':>10}{'wall s':>8}  heavy packages loaded")
     for case in cases:
         base = None
         for name, _ in trees:
             median = statistics.median(seconds[(case, name)])
-            base = median if base is None else base
+            wall = statistics.median(walls[(case, name)])
+            base = wall if base is None else base
             heavy = ", ".join(sorted(set(HEAVY) & loaded[(case, name)])) or "none"
-            ratio = f"  ({median / base:.2f}x the first tree)" if len(trees) > 1 else ""
-            print(f"{case:<22}{name:<10}{median:>10.2f}  {heavy}{ratio}")
+            ratio = f"  (wall {wall / base:.2f}x the first tree)" if len(trees) > 1 else ""
+            print(f"{case:<22}{name:<10}{median:>10.2f}{wall:>8.2f}  {heavy}{ratio}")
 
 
 if __name__ == "__main__":

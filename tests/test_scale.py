@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -170,7 +171,8 @@ def test_bad_storage_urls_exit_2_naming_the_storage(cli, url, message):
 
 
 @pytest.mark.integration
-def test_no_proxy_at_a_grpc_url_is_said_plainly(cli):
+def test_no_proxy_at_a_grpc_url_is_said_plainly(cli, monkeypatch):
+    monkeypatch.setenv("VAE_TUNE_DB_OUTAGE_S", "1")  # waits for a proxy at most this long
     result = cli("studies", "--storage", f"grpc://127.0.0.1:{free_port()}")
     assert result.exit_code == 1, result.output
     assert "no storage proxy answers there" in result.output
@@ -223,6 +225,7 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path, pg_url: str):
             while run.popen.poll() is None:
                 for app, count in conn.execute(sql):
                     peak[app] = max(peak[app], count)
+                time.sleep(0.02)  # sampled often, without taking a core from the workers
             code, out = run.wait(), run.output
             left = conn.execute(sql).all()
         assert code == 0, out

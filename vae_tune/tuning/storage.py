@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from sqlalchemy.engine import URL, make_url
 
 from vae_tune.errors import UserError
-from vae_tune.tuning.faults import RetryingStorage
+from vae_tune.tuning.faults import RetryingStorage, outage_limit
 
 # query keys that carry credentials (password=, sslpassword=, passfile=, auth_token=, ...)
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|api_?key", re.IGNORECASE)
@@ -284,14 +284,17 @@ def require_grpc(what: str) -> None:
         ) from None
 
 
+PROXY_READY_S = 15.0
+
+
 def _open_grpc(url: str) -> RetryingStorage:
     host, port = grpc_address(url)
     require_grpc(url)
     with warnings.catch_warnings():  # "experimental" since Optuna 4.2; we rely on it
         warnings.simplefilter("ignore", ExperimentalWarning)
         proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
-    try:
-        proxy.wait_server_ready(timeout=15)
+    try:  # a proxy still starting gets 15 s, or the outage limit where that is shorter
+        proxy.wait_server_ready(timeout=min(PROXY_READY_S, outage_limit()))
     except Exception:  # noqa: BLE001 - grpc's FutureTimeoutError and friends
         proxy.close()
         raise ConnectionError(
