@@ -168,7 +168,7 @@ search_space:
   beta: {{choices: [1e-1, 1e0]}}
   weight_decay: 1e-5
   mlp: {{hidden_dim: 16}}
-training: {{epochs: 1, device: cpu, threads: 1, iw_samples: 0, pictures: false}}
+training: {{epochs: 1, device: cpu, threads: 1, precision: fp32, iw_samples: 0, pictures: false}}
 sampler: grid
 pruner: none
 """

@@ -162,7 +162,10 @@ spec = validate(StudySpec, {
     "search_space": {"architecture": {"choices": ["tiny_mlp", "mlp"]},
                      "tiny_mlp": {"n_layers": {"low": 1, "high": 2}, "hidden_dim": 8},
                      "mlp": {"hidden_dim": 8}},
-    "training": {"epochs": 1, "device": "cpu", "threads": 1, "iw_samples": 0, "pictures": False},
+    "training": {
+        "epochs": 1, "device": "cpu", "threads": 1, "precision": "fp32", "iw_samples": 0,
+        "pictures": False,
+    },
     "sampler": {"name": "grid"}, "pruner": "none",
 }, "test spec")
 outcome = run_study(spec, workers=1, echo=lambda *a, **k: None)  # this process: the patch

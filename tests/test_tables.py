@@ -38,7 +38,10 @@ SPEC = {
         "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
         "mlp": {"hidden_dim": 32},
     },
-    "training": {"epochs": 3, "device": "cpu", "iw_samples": 20, "pictures": False},
+    "training": {
+        "epochs": 3, "device": "cpu", "threads": 1, "precision": "fp32", "iw_samples": 20,
+        "pictures": False,
+    },
     "sampler": {"name": "random"},
     "pruner": "none",
     "budget": {"n_trials": 2},

@@ -191,7 +191,10 @@ def _spec(seed: int, **training: Any) -> StudySpec:
                 "dropout": 0.2,
                 "mlp": {"hidden_dim": 16, "depth": 1},
             },
-            "training": {"epochs": 1, "device": "cpu", "threads": 1, "pictures": False} | training,
+            "training": {
+                "epochs": 1, "device": "cpu", "threads": 1, "precision": "fp32",
+                "pictures": False,
+            } | training,
             "sampler": {"name": "random"},
             "pruner": {"name": "none"},
         }
