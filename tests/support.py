@@ -25,6 +25,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from held_vae import GATE_ENV
 
 from vae_tune.tuning.storage import open_storage, unreachable
 
@@ -341,7 +342,7 @@ class Gate:
 
     def __init__(self, folder: Path):
         self.path = folder / f"gate-{uuid.uuid4().hex[:6]}"
-        self.env = {"VAE_TUNE_TEST_GATE": str(self.path)}
+        self.env = {GATE_ENV: str(self.path)}
 
     def open(self) -> None:
         self.path.touch()
