@@ -270,16 +270,19 @@ def wait_for(what: Callable[[], Any], timeout: float = 90, message: str = "") ->
     raise AssertionError(f"timed out waiting for {message or what}")
 
 
-_STORAGES: dict[str, Any] = {}
+_STORAGES: dict[tuple[str, str], Any] = {}
 
 
 def open_study(url: str, name: str) -> optuna.Study:
     """The study `name` at any vae-tune storage URL (database, grpc://, journal://). The
-    storage is opened once per URL: a test polling a study (`wait_for`) then sees each change
-    within a poll, not after opening a new connection pool every time."""
-    if url not in _STORAGES:
-        _STORAGES[url] = open_storage(url)
-    return optuna.load_study(study_name=name, storage=_STORAGES[url])
+    storage is opened once per URL and study: a test polling a study (`wait_for`) then sees
+    each change within a poll, not after opening a new connection pool every time. Not once
+    per URL: the tests of a module share one storage proxy, whose client caches each study's
+    finished trials by study id, and SQLite gives a deleted study's id to the next one (the
+    next test's trials stayed hidden behind the last one's)."""
+    if (url, name) not in _STORAGES:
+        _STORAGES[(url, name)] = open_storage(url)
+    return optuna.load_study(study_name=name, storage=_STORAGES[(url, name)])
 
 
 HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
