@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from vae_tune.data.download import cache_dir
-from vae_tune.errors import SpecError
+from vae_tune.errors import ServiceError, SpecError, UserError
+from vae_tune.files import write_atomic
 from vae_tune.models.bounds import training_bound
 from vae_tune.models.registry import build_model
 
@@ -214,14 +215,12 @@ def precision_cache_dir() -> Path:
 
 
 def _write_cached(path: Path, text: str) -> None:
-    """Keep a reading; atomic, so a concurrent worker reads a whole file or none. A read-only
+    """Keep a reading (atomic: a concurrent worker reads a whole file or none). A read-only
     cache only means it is measured again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError:
+        write_atomic(path, text, field=PRECISION_CACHE_ENV)
+    except (OSError, ServiceError, UserError):
         pass
 
 
