@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
 
-from vae_tune.reporting.dashboard_views import NOTED_ATTR, DashboardViews
+from vae_tune.reporting.dashboard_views import NOTED_ATTR, DashboardViews, reads_wait_for
 from vae_tune.tuning import record
 from vae_tune.tuning.storage import open_storage
 
@@ -48,6 +49,46 @@ def test_views_note_each_finished_trial_once_and_redraw_only_on_change(tmp_path:
         assert DashboardViews(storage).refresh() == 0  # a new dashboard reads what is noted
     finally:
         storage.close()
+
+
+def test_a_page_read_while_a_figure_is_written_gets_the_whole_figure(tmp_path: Path):
+    """optuna-dashboard writes a figure as several attributes; the dashboard's page reads wait
+    for the refresher to finish one, instead of reading JSON cut in half."""
+    url = f"sqlite:///{tmp_path / 'views.db'}"
+    writer, reader = open_storage(url), open_storage(url)
+    writing = threading.RLock()
+    page = reads_wait_for(reader, writing)
+    read: list[dict] = []
+    readers: list[threading.Thread] = []
+    try:
+        study = optuna.create_study(study_name="s", storage=writer, direction="maximize")
+        _trials(study, 3)
+        write_attr = writer.set_study_system_attr
+
+        def set_study_system_attr(study_id, key, value):
+            write_attr(study_id, key, value)
+            if "rate-distortion" in key and not readers:  # the first part of the figure
+                readers.append(
+                    threading.Thread(
+                        target=lambda: read.append(page.get_study_system_attrs(study_id))
+                    )
+                )
+                readers[0].start()
+                readers[0].join(timeout=1)  # a page asking now, while the rest is unwritten
+
+        writer.set_study_system_attr = set_study_system_attr
+        DashboardViews(writer, writing).refresh()
+        readers[0].join(timeout=60)
+
+        def figure(attrs: dict) -> dict:
+            return {k: v for k, v in attrs.items() if "rate-distortion" in k}
+
+        final = figure(writer.get_study_system_attrs(study._study_id))
+        assert len(final) > 1  # the figure takes several attributes
+        assert figure(read[0]) == final
+    finally:
+        writer.close()
+        reader.close()
 
 
 WORKER_MODULES = """

@@ -8,6 +8,10 @@ dashboard. `serve_dashboard` writes every study's views before it serves its fir
 refreshes them every `refresh_s` seconds while it runs. Both go through optuna-dashboard's
 public `save_note` and `save_plotly_graph_object`, so any optuna-dashboard on the storage
 shows what the last `vae-tune dashboard` wrote.
+
+Those two write a note or a figure as several study attributes, one after another, so a page
+read between them would get half a figure (JSON that does not parse). In `serve_dashboard`
+the web server's reads of study attributes wait while the refresher writes a view.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ class DashboardViews:
     """Writes the notes and figures of every study of one storage, each only once it changed:
     a note per newly finished trial, the figures when a study's finished trials changed."""
 
-    def __init__(self, storage: RetryingStorage):
+    def __init__(self, storage: RetryingStorage, writing: threading.RLock | None = None):
         self.storage = storage
+        self.writing = writing or threading.RLock()  # held while a view is half-written
         self._drawn: dict[str, int] = {}  # study name -> finished trials its figures show
         self._warned = False
 
@@ -81,28 +86,47 @@ class DashboardViews:
                     study_id, trial.number
                 )
                 body = note_markdown(trial.number, OUTCOMES[trial.state], read(trial))
-                save_note(optuna.Trial(study, trial_id), body)
+                with self.writing:
+                    save_note(optuna.Trial(study, trial_id), body)
             noted.update(t.number for t in fresh)
             self.storage.set_study_system_attr(study_id, NOTED_ATTR, sorted(noted))
         if self._drawn.get(study.study_name) != len(finished):
             for graph_id, make in FIGURES.items():
-                save_plotly_graph_object(study, make(trials), graph_object_id=graph_id)
+                figure = make(trials)
+                with self.writing:
+                    save_plotly_graph_object(study, figure, graph_object_id=graph_id)
             self._drawn[study.study_name] = len(finished)
         return len(fresh)
 
 
-class Refresher(threading.Thread):
-    """`DashboardViews.refresh` every `interval` seconds, on a storage of its own (so the
-    web server's requests never wait for it), until `stop()`."""
+def reads_wait_for(storage: RetryingStorage, writing: threading.RLock) -> RetryingStorage:
+    """`storage`, its reads of study attributes (where optuna-dashboard finds notes and
+    figures) waiting while `writing` is held: a page never gets a half-written view."""
+    read_attrs = storage.get_study_system_attrs
 
-    def __init__(self, url: str, interval: float = REFRESH_S):
+    def get_study_system_attrs(study_id: int) -> dict[str, Any]:
+        with writing:
+            return read_attrs(study_id)
+
+    storage.get_study_system_attrs = get_study_system_attrs  # type: ignore[method-assign]
+    return storage
+
+
+class Refresher(threading.Thread):
+    """`DashboardViews.refresh` every `interval` seconds, on a storage of its own (the web
+    server's requests wait for it only while it writes a view), until `stop()`."""
+
+    def __init__(
+        self, url: str, interval: float = REFRESH_S, writing: threading.RLock | None = None
+    ):
         super().__init__(name="vae-tune dashboard views", daemon=True)
         self.url, self.interval = url, interval
+        self.writing = writing or threading.RLock()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         storage = open_storage(self.url, must_exist=True)
-        views = DashboardViews(storage)
+        views = DashboardViews(storage, self.writing)
         try:
             while not self._stop_event.wait(self.interval):
                 views.refresh_or_warn()
@@ -125,12 +149,13 @@ def serve_dashboard(
     interrupted, refreshing the views every `refresh_s` seconds."""
     from optuna_dashboard import run_server
 
-    storage = open_storage(url, must_exist=True)
+    writing = threading.RLock()
+    storage = reads_wait_for(open_storage(url, must_exist=True), writing)
     try:
-        DashboardViews(storage).refresh_or_warn()
+        DashboardViews(storage, writing).refresh_or_warn()
         if on_ready is not None:
             on_ready()
-        refresher = Refresher(url, refresh_s)
+        refresher = Refresher(url, refresh_s, writing)
         refresher.start()
         try:
             run_server(storage, host=host, port=port, artifact_store=artifact_store)
