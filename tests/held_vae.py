@@ -1,5 +1,6 @@
 """An MLP VAE whose trial holds at its second validation until the file named in
-`$VAE_TUNE_TEST_GATE` exists (no variable: it never holds).
+`$VAE_TUNE_TEST_GATE` exists (no variable: it never holds). While it holds, the file
+`<gate>.held-<pid>` says so.
 
 A test that kills, interrupts or faults a worker mid-trial needs the trial to be running
 with a checkpoint when it strikes. Racing a trial of a few seconds fails when the machine is
@@ -25,6 +26,8 @@ class HeldMLP(MLPVAE):
         if not mode:  # `evaluate` switches to eval mode once per validation
             self.validations += 1
             gate = os.environ.get(GATE_ENV)
-            while gate and self.validations >= 2 and not Path(gate).exists():
-                time.sleep(0.05)
+            if gate and self.validations >= 2 and not Path(gate).exists():
+                Path(f"{gate}.held-{os.getpid()}").touch()  # done writing; idle till the gate
+                while not Path(gate).exists():
+                    time.sleep(0.05)
         return super().train(mode)

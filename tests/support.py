@@ -349,3 +349,7 @@ class Gate:
 
     def open(self) -> None:
         self.path.touch()
+
+    def held(self, pid: int) -> Path:
+        """The file that says process `pid` holds a trial at the gate (between its writes)."""
+        return self.path.with_name(f"{self.path.name}.held-{pid}")

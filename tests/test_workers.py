@@ -329,8 +329,12 @@ def test_killed_worker_trial_is_retried_and_resumes(any_storage, tmp_path: Path)
     gate = Gate(tmp_path)  # each trial holds after its first checkpoint until the kill
     run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "2", *HEARTBEAT, env=gate.env)
     victim = wait_for(_running_with_checkpoint(url, name), message="a checkpoint")
+    pid = int(victim.user_attrs["worker"].split(":")[-1])
+    # killed while it waits, not while it writes: a journal's file lock held by a killed
+    # writer blocks every other writer for Optuna's 30 s grace
+    wait_for(gate.held(pid).exists, message="the trial held")
     killed_at = time.time()
-    os.kill(int(victim.user_attrs["worker"].split(":")[-1]), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     gate.open()
     code = run.wait()
     out = run.output
