@@ -152,16 +152,46 @@ def test_precision_probe_is_cached_on_disk_once_per_architecture(tmp_path, monke
     monkeypatch.setattr(hardware, "cpu_bf16_reading", lambda: "1.30 autocast")
     calls = []
 
-    def probe(architecture, shape):
-        calls.append(architecture)
-        return {"precision": "bf16" if architecture == "conv" else "fp32"}
+    def probe(architectures, shape):
+        calls.append(list(architectures))
+        return {a: {"precision": "bf16" if a == "conv" else "fp32"} for a in architectures}
 
     assert hardware.architecture_precision("conv", (28, 28), probe) == "bf16"
     assert hardware.architecture_precision("conv", (28, 28), probe) == "bf16"  # from disk
     assert hardware.architecture_precision("mlp", (28, 28), probe) == "fp32"
-    assert calls == ["conv", "mlp"]
+    assert calls == [["conv"], ["mlp"]]
     cached = json.loads(hardware.precision_cache_file("conv", (28, 28)).read_text())
     assert cached["precision"] == "bf16" and cached["key"]["architecture"] == "conv"
+
+
+def test_the_missing_precision_readings_are_taken_together_and_said(tmp_path, monkeypatch):
+    """A study's architectures are probed in one child process (one torch start-up each
+    otherwise), only those not on disk, and the run says it is measuring."""
+    monkeypatch.setenv(hardware.PRECISION_CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(hardware, "cpu_bf16_reading", lambda: "1.30 autocast")
+    calls, said = [], []
+
+    def probe(architectures, shape):
+        calls.append(list(architectures))
+        return {a: {"precision": "bf16"} for a in architectures}
+
+    hardware.architecture_precision("mlp", (8, 8), probe)
+    found = hardware.architecture_precisions(
+        ["mlp", "conv", "rnn", "conv"], (8, 8), probe, said.append
+    )
+    assert found == {"mlp": "bf16", "conv": "bf16", "rnn": "bf16"}
+    assert calls == [["mlp"], ["conv", "rnn"]]
+    assert len(said) == 1 and "conv, rnn on 8x8" in said[0]
+    hardware.architecture_precisions(["conv", "rnn"], (8, 8), probe, said.append)
+    assert len(calls) == 2 and len(said) == 1  # all on disk: nothing probed, nothing said
+
+
+def test_a_probe_child_that_dies_keeps_the_readings_it_printed(monkeypatch):
+    lines = '{"architecture": "mlp", "precision": "bf16"}\nTraceback ...'
+    monkeypatch.setattr(hardware, "_probe_in_child", lambda code, timeout: lines)
+    found = hardware._probe_architectures_in_child(["mlp", "conv"], (8, 8))
+    assert found["mlp"] == {"precision": "bf16"}
+    assert found["conv"]["precision"] == "fp32" and "Traceback" in found["conv"]["unavailable"]
 
 
 def test_precision_auto_never_probes_where_bf16_does_not_run(tmp_path, monkeypatch):
@@ -170,7 +200,7 @@ def test_precision_auto_never_probes_where_bf16_does_not_run(tmp_path, monkeypat
         hardware, "cpu_bf16_reading", lambda: "unavailable: the CPU lists no bf16 instructions"
     )
 
-    def probe(architecture, shape):
+    def probe(architectures, shape):
         raise AssertionError("probed on a CPU without bf16")
 
     assert hardware.architecture_precision("conv", (28, 28), probe) == "fp32"
@@ -181,5 +211,3 @@ def test_probe_of_an_architecture_reads_speed_and_bound_gap():
     reading = hardware.probe_architecture("mlp", (8, 8), rounds=1, steps=1)
     assert reading["precision"] in ("fp32", "bf16", "bf16-matmul")
     assert set(reading["gap"]) == set(reading["speedup"])
-
-

@@ -171,7 +171,7 @@ def run_study(
     if n_workers == 1 and devices:
         training = spec.training.model_copy(update={"device": devices[0]})
         spec = spec.model_copy(update={"training": training})
-    prepared = prepare(spec)
+    prepared = prepare(spec, echo)
     known = warm_start.gather(spec.storage) if warm_start else []
     if known and prepared.grid is not None:
         raise UserError("--enqueue and --warm-start do not mix with the grid sampler", "sampler")
@@ -217,7 +217,7 @@ def submit_study(
     """Create the study of `spec` (or add to its budget) for a worker pool, and return at
     once: its data and models are checked now, its trials run in `vae-tune worker --all`."""
     check_shareable(spec.storage, 2)
-    prepared = prepare(spec)
+    prepared = prepare(spec, echo)
     known = warm_start.gather(spec.storage) if warm_start else []
     return start_study(prepared, spec.budget.n_trials, spec.budget.timeout, heartbeat, known, echo)
 

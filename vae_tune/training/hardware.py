@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -146,9 +147,10 @@ def best_bf16_mode() -> str:
 
 
 _PROBE = "from vae_tune.training.hardware import best_bf16_mode; print(best_bf16_mode())"
+PROBE_TIMEOUT_S = 120  # a probe (the machine's, or one architecture's) that takes longer failed
 
 
-def _probe_in_child(code: str = _PROBE) -> str:
+def _probe_in_child(code: str = _PROBE, timeout: float = PROBE_TIMEOUT_S) -> str:
     """Run `best_bf16_mode` in a child process: a CPU may list bf16 or AMX features whose
     instructions do not run (seen in a VM that lists amx_bf16: oneDNN's first bf16 product
     raised "could not create a primitive" or killed the process with SIGILL), and the child
@@ -160,11 +162,11 @@ def _probe_in_child(code: str = _PROBE) -> str:
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             env={**os.environ, "PYTHONPATH": path},
         )
     except subprocess.TimeoutExpired:
-        return "unavailable: the bf16 probe took over 120 s"
+        return f"unavailable: the bf16 probe took over {timeout:.0f} s"
     if done.returncode < 0:
         return f"unavailable: the bf16 probe was killed by {signal.Signals(-done.returncode).name}"
     if done.returncode != 0:
@@ -338,41 +340,101 @@ def probe_architecture(
     }
 
 
-def _probe_architecture_in_child(architecture: str, image_shape: tuple[int, ...]) -> dict:
+def probe_architectures(architectures: Sequence[str], image_shape: tuple[int, ...]) -> None:
+    """`probe_architecture` of each, one JSON line each as it is taken (so a crash on one
+    keeps the readings before it)."""
+    for architecture in architectures:
+        reading = probe_architecture(architecture, image_shape)
+        print(json.dumps({"architecture": architecture, **reading}), flush=True)
+
+
+def _probe_architectures_in_child(
+    architectures: Sequence[str], image_shape: tuple[int, ...]
+) -> dict[str, dict]:
+    """The readings of `architectures`, taken in one child process (one torch start-up)."""
     code = (
-        "import json; from vae_tune.training.hardware import probe_architecture; "
-        f"print(json.dumps(probe_architecture({architecture!r}, {tuple(image_shape)!r})))"
+        "from vae_tune.training.hardware import probe_architectures; "
+        f"probe_architectures({list(architectures)!r}, {tuple(image_shape)!r})"
     )
-    out = _probe_in_child(code)
-    try:
-        return json.loads(out.splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"precision": "fp32", "unavailable": out}
+    out = _probe_in_child(code, timeout=PROBE_TIMEOUT_S * len(architectures))
+    readings: dict[str, dict] = {}
+    for line in out.splitlines():
+        try:
+            reading = json.loads(line)
+            readings[reading.pop("architecture")] = reading
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return {a: readings.get(a) or {"precision": "fp32", "unavailable": out} for a in architectures}
+
+
+def architecture_precisions(
+    architectures: Sequence[str],
+    image_shape: tuple[int, ...],
+    probe: Callable[..., dict[str, dict]] = _probe_architectures_in_child,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """`precision: auto` of each architecture on this CPU: fp32 where bf16 does not run or
+    does not pay (no bf16 instructions: no probe at all), else the reading of a probe of that
+    architecture (`probe_architecture`), taken once per machine, torch version, architecture
+    and image shape and kept on disk (`precision_cache_file`). The readings not on disk yet
+    are taken together, in one child process; `echo` hears that they are."""
+    if parse_reading(cpu_bf16_reading()) is None:  # bf16 unsupported or crashing here
+        return dict.fromkeys(architectures, "fp32")  # (AVX2-only CPUs land here)
+    readings: dict[str, dict] = {}
+    for architecture in dict.fromkeys(architectures):
+        try:
+            kept = precision_cache_file(architecture, image_shape).read_text()
+            readings[architecture] = json.loads(kept)
+        except (OSError, ValueError):
+            pass
+    missing = [a for a in dict.fromkeys(architectures) if a not in readings]
+    if missing:
+        if echo is not None:
+            shape = "x".join(map(str, image_shape))
+            echo(
+                f"  precision auto: timing fp32 against bf16 for {', '.join(missing)} on "
+                f"{shape} inputs (once on this machine; kept in {precision_cache_dir()})"
+            )
+        for architecture, reading in probe(missing, tuple(image_shape)).items():
+            reading["key"] = {
+                "cpu": cpu_model(), "torch": torch.__version__, "architecture": architecture,
+                "image_shape": list(image_shape),
+            }  # fmt: skip
+            path = precision_cache_file(architecture, image_shape)
+            _write_cached(path, json.dumps(reading, indent=1))
+            readings[architecture] = reading
+    known = set(_PROBED.values()) - ({"bf16-matmul"} if not bf16_matmul_available() else set())
+    chosen = {a: r.get("precision", "fp32") for a, r in readings.items()}
+    return {a: chosen[a] if chosen[a] in known else "fp32" for a in architectures}
 
 
 def architecture_precision(
-    architecture: str, image_shape: tuple[int, ...], probe=_probe_architecture_in_child
+    architecture: str,
+    image_shape: tuple[int, ...],
+    probe: Callable[..., dict[str, dict]] = _probe_architectures_in_child,
 ) -> str:
-    """`precision: auto` for one architecture on this CPU: fp32 where bf16 does not run or
-    does not pay (no bf16 instructions: no probe at all), else the reading of a probe of that
-    architecture (`probe_architecture`, in a child process), taken once per machine, torch
-    version, architecture and image shape and kept on disk (`precision_cache_file`)."""
-    parsed = parse_reading(cpu_bf16_reading())
-    if parsed is None:
-        return "fp32"  # bf16 unsupported or crashing here (AVX2-only CPUs land here)
-    path = precision_cache_file(architecture, image_shape)
-    try:
-        reading = json.loads(path.read_text())
-    except (OSError, ValueError):
-        reading = probe(architecture, tuple(image_shape))
-        reading["key"] = {
-            "cpu": cpu_model(), "torch": torch.__version__, "architecture": architecture,
-            "image_shape": list(image_shape),
-        }  # fmt: skip
-        _write_cached(path, json.dumps(reading, indent=1))
-    precision = reading.get("precision", "fp32")
-    known = set(_PROBED.values()) - ({"bf16-matmul"} if not bf16_matmul_available() else set())
-    return precision if precision in known else "fp32"
+    """`architecture_precisions` of one architecture."""
+    return architecture_precisions([architecture], image_shape, probe)[architecture]
+
+
+def _per_architecture(name: str, device: torch.device) -> bool:
+    """Whether `auto` takes each architecture's own reading: on a CPU, unless the user set
+    the machine's reading (`PROBE_ENV`) themselves (then that reading is kept for all)."""
+    return name == "auto" and device.type != "cuda" and os.environ.get(PROBED_ENV) == "1"
+
+
+def resolve_precisions(
+    name: str,
+    device: torch.device,
+    architectures: Sequence[str],
+    image_shape: tuple[int, ...],
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """`resolve_precision` of each architecture, the probes `auto` needs taken together."""
+    resolve_precision(name, device)  # the machine's reading first: it decides the rest
+    if _per_architecture(name, device):
+        architecture_precisions(architectures, image_shape, echo=echo)
+    return {a: resolve_precision(name, device, a, image_shape) for a in architectures}
 
 
 def resolve_precision(
@@ -393,8 +455,7 @@ def resolve_precision(
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if name == "auto" else name
     if name == "fp32":
         return name
-    per_architecture = os.environ.get(PROBED_ENV) == "1"  # a reading the user set rules
-    if name == "auto" and architecture is not None and image_shape is not None and per_architecture:
+    if architecture is not None and image_shape is not None and _per_architecture(name, device):
         return architecture_precision(architecture, image_shape)
     reading = cpu_bf16_reading()
     parsed = parse_reading(reading)

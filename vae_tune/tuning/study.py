@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from vae_tune.data import Splits, load_splits
 from vae_tune.errors import UserError
 from vae_tune.models.registry import build_model, resolve
-from vae_tune.training.hardware import resolve_precision
+from vae_tune.training.hardware import resolve_precision, resolve_precisions
 from vae_tune.training.trainer import resolve_device
 from vae_tune.tuning.objective import TIME_PARTS
 from vae_tune.tuning.record import read, validation_elbo
@@ -65,8 +65,9 @@ class Prepared:
     splits: Splits
 
 
-def prepare(spec: StudySpec) -> Prepared:
-    """Build every object a study needs and load its data; raises UserError on bad input."""
+def prepare(spec: StudySpec, echo: Callable[[str], None] | None = None) -> Prepared:
+    """Build every object a study needs and load its data; raises UserError on bad input.
+    `echo` hears of slow first-time work (the precision probes)."""
     sampler = build_sampler(
         spec.sampler.name, spec.sampler.options, spec.seed, spec.budget.n_trials
     )
@@ -83,8 +84,8 @@ def prepare(spec: StudySpec) -> Prepared:
     splits = load_splits(spec.dataset, spec.seed, spec.likelihood.name)
     # `auto`: each architecture's own precision, probed once per machine (cached on disk)
     # here, before worker processes start, so two workers do not probe at once
-    for arch in spec.search_space.architecture.values():
-        resolve_precision(spec.training.precision, device, arch, splits.image_shape)
+    architectures = spec.search_space.architecture.values()
+    resolve_precisions(spec.training.precision, device, architectures, splits.image_shape, echo)
     for arch in spec.search_space.architecture.values():
         if resolve(arch).origin != "shipped":  # the user's shapes, checked before any trial
             build_model({"architecture": arch}, splits.image_shape)
