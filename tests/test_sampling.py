@@ -31,6 +31,7 @@ def train_run(cli, folder: Path, architecture: str, likelihood: dict, dataset: d
         "batch_size": 32,
         "device": "cpu",
         "threads": 1,
+        "precision": "fp32",  # pictures, not arithmetic: no per-architecture bf16 probe
     }
     (folder / "run.yaml").write_text(yaml.safe_dump(config))
     out = folder / "run"
