@@ -206,7 +206,7 @@ def test_the_journal_lock_excludes_another_process(tmp_path: Path):
 @pytest.mark.integration
 @pytest.mark.postgres
 def test_a_worker_holds_at_most_two_connections(tmp_path: Path, pg_url: str):
-    """4 workers on PostgreSQL, pg_stat_activity sampled all the while: no worker process
+    """3 workers on PostgreSQL, pg_stat_activity sampled all the while: no worker process
     ever holds more than 2 connections, and none is left when they exit."""
     url, name = pg_url, f"c-{uuid.uuid4().hex[:8]}"
     spec = worker_spec(tmp_path, url, name, {"dataset": {"subset": 400}})
@@ -221,7 +221,7 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path, pg_url: str):
     peak: Counter = Counter()
     try:
         with engine.connect() as conn:
-            run = Proc(tmp_path, "run", spec, "--workers", "4", "--n-trials", "12")
+            run = Proc(tmp_path, "run", spec, "--workers", "3", "--n-trials", "9")
             while run.popen.poll() is None:
                 for app, count in conn.execute(sql):
                     peak[app] = max(peak[app], count)
@@ -229,10 +229,10 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path, pg_url: str):
             code, out = run.wait(), run.output
             left = conn.execute(sql).all()
         assert code == 0, out
-        assert len(peak) >= 4, peak  # the 4 workers (and `run` itself) were seen
+        assert len(peak) >= 3, peak  # the 3 workers (and `run` itself) were seen
         assert max(peak.values()) <= 2, peak
         assert left == [], left
-        assert states(open_study(url, name)) == {"COMPLETE": 12}
+        assert states(open_study(url, name)) == {"COMPLETE": 9}
     finally:
         optuna.delete_study(study_name=name, storage=open_storage(url))
         engine.dispose()
@@ -244,7 +244,7 @@ def test_a_worker_holds_at_most_two_connections(tmp_path: Path, pg_url: str):
 @pytest.mark.integration
 @pytest.mark.postgres
 def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
-    """4 workers, PostgreSQL restarted while trials train: every trial ends COMPLETE (or
+    """3 workers, PostgreSQL restarted while trials train: every trial ends COMPLETE (or
     FAILED and retried), none stays RUNNING, the budget is exact, no trial runs twice. The
     server is the test's own, so the restart touches no other test or suite."""
     server = PrivatePostgres()
@@ -253,7 +253,7 @@ def test_a_postgres_restart_mid_study_loses_nothing(tmp_path: Path):
     spec = worker_spec(tmp_path, url, name, HELD_CHANGES)
     gate = Gate(tmp_path)  # trials hold after their first checkpoint until the restart
     run = Proc(
-        tmp_path, "run", spec, "--workers", "4", "--n-trials", "6", *HEARTBEAT[:2], env=gate.env
+        tmp_path, "run", spec, "--workers", "3", "--n-trials", "6", *HEARTBEAT[:2], env=gate.env
     )
     try:
         wait_for(_running_with_checkpoint(url, name, count=2), 180, "2 trials training")
@@ -278,7 +278,9 @@ def _proxy(folder: Path, db: Path, port: int) -> Proc:
 
 
 @pytest.mark.integration
-def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(tmp_path: Path):
+def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
+    tmp_path: Path, cli
+):
     """The storage proxy killed mid-trial and kept down past VAE_TUNE_DB_OUTAGE_S: the worker
     exits 75 saying so; with the proxy back, a new worker finishes the budget exactly (the
     stopped trial failed by its heartbeat and resumed from its checkpoint)."""
@@ -289,8 +291,8 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
     gate = Gate(tmp_path)  # the trial holds after its first checkpoint until the proxy is down
     worker = None
     try:
-        submitted = Proc(tmp_path, "submit", str(spec), "--n-trials", "2", *HEARTBEAT)
-        assert submitted.wait() == 0, submitted.output
+        submitted = cli("submit", str(spec), "--n-trials", "2", *HEARTBEAT)
+        assert submitted.exit_code == 0, submitted.output
         env = {"VAE_TUNE_DB_OUTAGE_S": "3", **gate.env}
         worker = Proc(tmp_path, "worker", "--study-name", name, "--storage", url, env=env)
         wait_for(_running_with_checkpoint(url, name), 180, "a trial training")
@@ -320,7 +322,7 @@ def test_a_storage_down_past_the_limit_stops_the_worker_and_a_later_one_resumes(
 
 
 @pytest.mark.integration
-def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
+def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path, cli):
     """Two `worker --all --serve` processes start on an empty storage; two studies are then
     submitted: the pool runs each to its exact budget, taking trials of both, and SIGTERM
     stops the idle workers cleanly."""
@@ -330,8 +332,8 @@ def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
         wait_for(lambda: all("serves every open study" in p.output for p in pool), 120)
         for name, n in (("first", 3), ("second", 2)):
             spec = worker_spec(tmp_path, url, name)
-            done = Proc(tmp_path, "submit", str(spec), "--n-trials", str(n))
-            assert done.wait() == 0, done.output
+            done = cli("submit", str(spec), "--n-trials", str(n))  # the client: in this process
+            assert done.exit_code == 0, done.output
             assert f"submitted study {name!r}" in done.output
 
         def finished():
@@ -352,8 +354,8 @@ def test_a_pool_serves_studies_submitted_after_it_started(tmp_path: Path):
         assert out.count("joined study 'first'") >= 1 and out.count("joined study 'second'") >= 1
         for name, n in (("first", 3), ("second", 2)):
             _assert_budget_exact(open_study(url, name), n)
-        listing = Proc(tmp_path, "studies", "--storage", url)
-        assert listing.wait() == 0
+        listing = cli("studies", "--storage", url)
+        assert listing.exit_code == 0
         assert listing.output.count("finished") == 2, listing.output
     finally:
         for proc in pool:

@@ -25,7 +25,7 @@ from sqlalchemy import make_url
 from support import (
     HEARTBEAT,
     HELD_CHANGES,
-    SLOW_CHANGES,
+    HELD_VAE,
     Gate,
     Proc,
     free_port,
@@ -294,16 +294,25 @@ def test_next_step_holds_new_trials_until_one_has_completed():
 
 def test_the_first_trial_runs_alone_under_the_curve_pruner(tmp_path: Path):
     """Two workers, the curve pruner: no trial starts before the first one has completed, so
-    none can finish unjudged (and mislead the sampler) beside it."""
+    none can finish unjudged (and mislead the sampler) beside it. The first trial holds until
+    the second worker has said it waits: a second trial started beside it would show."""
     url, name = f"sqlite:///{tmp_path / 's.db'}", "held"
-    spec = worker_spec(tmp_path, url, name, SLOW_CHANGES, {"pruner": {"name": "curve"}})
-    code, out = _run(tmp_path, "run", spec, "--workers", "2", "--n-trials", "4")
+    held = {  # FAST trials on the held MLP: the first holds at its second (last) validation
+        "architectures": {"held": HELD_VAE},
+        "search_space": {"architecture": "held", "held": {"hidden_dim": 16}},
+        "pruner": {"name": "curve"},
+    }
+    spec = worker_spec(tmp_path, url, name, held)
+    gate = Gate(tmp_path)
+    run = Proc(tmp_path, "run", spec, "--workers", "2", "--n-trials", "4", env=gate.env)
+    wait_for(lambda: "waiting for the first trial to finish" in run.output, message="a wait")
+    gate.open()
+    code, out = run.wait(), run.output
     assert code == 0, out
     trials = sorted(_study(url, name).trials, key=lambda t: t.datetime_start)
     first_done = min(t.datetime_complete for t in trials if t.state == TrialState.COMPLETE)
     assert trials[0].datetime_complete == first_done, out
     assert all(t.datetime_start >= first_done for t in trials[1:]), out
-    assert "waiting for the first trial to finish" in out
 
 
 @pytest.mark.postgres
