@@ -3,21 +3,34 @@ fresh folder. A block with a title (```python title="myvae.py"```) is written as
 an untitled Python block runs as a script; a bash block runs each of its lines; a YAML block
 with a title is written as that file. Other blocks (```text, ```py) are shown, not run.
 
+A `vae-tune` line without shell syntax runs its arguments through the CLI in this process
+(what the console script calls), in the page's folder and environment: the same command
+without the start-up of a Python process with torch (1-2 s a line). Its workers are real
+processes, and the console script itself is what the worker tests start. Other lines run in
+bash.
+
 The tutorials run here too, as their readers run them; the MNIST tutorial gets a small
 stand-in of the MNIST files (same IDX format, random images) in `mnist-data/`, so its commands
 are checked without the download."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
+import shlex
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from traceback import format_exception
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
+from vae_tune.cli import app
 
 pytestmark = pytest.mark.integration  # processes, servers, browsers or whole tutorials
 
@@ -60,6 +73,35 @@ def blocks(page: Path) -> list[tuple[str, str | None, str]]:
     return found
 
 
+SHELL = re.compile(r"[|&;<>$`*?~(){}\\]|^\w+=")  # pipes, redirects, globs, variables...
+
+
+@contextlib.contextmanager
+def working_in(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def format_exc(error: BaseException) -> str:
+    return "".join(format_exception(error))
+
+
+def run_cli_line(line: str, folder: Path, env: dict[str, str]) -> str:
+    """A plain `vae-tune ...` line through the CLI in this process, in `folder` and `env`."""
+    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    changes.update({k: None for k in os.environ if k not in env})
+    with working_in(folder):
+        result = CliRunner().invoke(app, shlex.split(line)[1:], env=changes)
+    error = result.exception
+    detail = "" if error is None or isinstance(error, SystemExit) else format_exc(error)
+    assert result.exit_code == 0, f"{line}\n{result.output}{detail}"
+    return result.output
+
+
 def run_page(page: Path, folder: Path) -> list[str]:
     """Run a page's blocks in `folder`; returns what each run printed."""
     env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
@@ -73,12 +115,17 @@ def run_page(page: Path, folder: Path) -> list[str]:
         if lang == "python":
             script = folder / f"block_{i}.py"
             script.write_text(code)
-            commands = [[sys.executable, script.name]]
+            commands: list[Any] = [[sys.executable, script.name]]
         elif lang == "bash":
-            commands = [["bash", "-c", line] for line in code.splitlines() if line.strip()]
+            commands = [line for line in code.splitlines() if line.strip()]
         else:
             continue
         for cmd in commands:
+            if isinstance(cmd, str) and cmd.startswith("vae-tune ") and not SHELL.search(cmd):
+                printed.append(run_cli_line(cmd, folder, env))
+                continue
+            if isinstance(cmd, str):
+                cmd = ["bash", "-c", cmd]
             out = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env,
                                  timeout=900)
             assert out.returncode == 0, f"{page.name} block {i}: {cmd}\n{out.stdout}{out.stderr}"
