@@ -99,16 +99,23 @@ class DashboardViews:
         return len(fresh)
 
 
+# the storage reads through which optuna-dashboard's pages get a study's attributes
+ATTRIBUTE_READS = ("get_study_system_attrs", "get_all_studies")
+
+
 def reads_wait_for(storage: RetryingStorage, writing: threading.RLock) -> RetryingStorage:
     """`storage`, its reads of study attributes (where optuna-dashboard finds notes and
     figures) waiting while `writing` is held: a page never gets a half-written view."""
-    read_attrs = storage.get_study_system_attrs
 
-    def get_study_system_attrs(study_id: int) -> dict[str, Any]:
-        with writing:
-            return read_attrs(study_id)
+    def waiting(read: Any) -> Any:
+        def read_when_written(*args: Any, **kwargs: Any) -> Any:
+            with writing:
+                return read(*args, **kwargs)
 
-    storage.get_study_system_attrs = get_study_system_attrs  # type: ignore[method-assign]
+        return read_when_written
+
+    for name in ATTRIBUTE_READS:
+        setattr(storage, name, waiting(getattr(storage, name)))
     return storage
 
 
