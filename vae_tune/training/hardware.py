@@ -431,10 +431,10 @@ def resolve_precisions(
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """`resolve_precision` of each architecture, the probes `auto` needs taken together."""
-    resolve_precision(name, device)  # the machine's reading first: it decides the rest
+    machine = resolve_precision(name, device)  # the machine's reading first: it decides the rest
     if _per_architecture(name, device):
-        architecture_precisions(architectures, image_shape, echo=echo)
-    return {a: resolve_precision(name, device, a, image_shape) for a in architectures}
+        return architecture_precisions(architectures, image_shape, echo=echo)
+    return dict.fromkeys(architectures, machine)
 
 
 def resolve_precision(
