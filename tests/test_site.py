@@ -50,6 +50,14 @@ def test_the_site_builds_strict(site: Path):
         assert (site / name / "index.html").is_file(), name
 
 
+def test_a_page_that_names_a_marker_keeps_it_as_written(site: Path):
+    """Only a marker on a line of its own becomes a reference: the page for writers names
+    `<!-- reference:spec -->` in a code span, and shows it, not the whole spec reference."""
+    html = page(site, "writing-docs")
+    assert "&lt;!-- reference:spec --&gt;" in html
+    assert 'id="studyspec"' not in html and 'id="studyspec"' in page(site, "reference/spec")
+
+
 def test_the_spec_reference_has_every_field(site: Path):
     from vae_tune.models.config import ModelConfig
     from vae_tune.models.registry import SHIPPED

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import types
 import typing
 from typing import Any
@@ -406,7 +407,11 @@ MARKERS = {
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """Replace each marker that stands on a line of its own (a page that only names one, in
+    a code span, keeps it as written)."""
     for marker, make in MARKERS.items():
-        if marker in markdown:
-            markdown = markdown.replace(marker, make())
+        line = re.compile(rf"^{re.escape(marker)}[ \t]*$", re.M)
+        if line.search(markdown):
+            made = make()
+            markdown = line.sub(lambda _, made=made: made, markdown)
     return markdown
