@@ -15,7 +15,6 @@ are checked without the download."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import re
@@ -25,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 from traceback import format_exception
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -76,34 +74,22 @@ def blocks(page: Path) -> list[tuple[str, str | None, str]]:
 SHELL = re.compile(r"[|&;<>$`*?~(){}\\]|^\w+=")  # pipes, redirects, globs, variables...
 
 
-@contextlib.contextmanager
-def working_in(folder: Path):
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def format_exc(error: BaseException) -> str:
-    return "".join(format_exception(error))
-
-
-def run_cli_line(line: str, folder: Path, env: dict[str, str]) -> str:
-    """A plain `vae-tune ...` line through the CLI in this process, in `folder` and `env`."""
+def run_cli_line(line: str, env: dict[str, str]) -> str:
+    """A plain `vae-tune ...` line through the CLI in this process, with `env` (the working
+    folder is the page's: the test changed to it)."""
     changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
     changes.update({k: None for k in os.environ if k not in env})
-    with working_in(folder):
-        result = CliRunner().invoke(app, shlex.split(line)[1:], env=changes)
+    result = CliRunner().invoke(app, shlex.split(line)[1:], env=changes)
     error = result.exception
-    detail = "" if error is None or isinstance(error, SystemExit) else format_exc(error)
+    detail = "" if error is None or isinstance(error, SystemExit) else "".join(
+        format_exception(*result.exc_info)
+    )
     assert result.exit_code == 0, f"{line}\n{result.output}{detail}"
     return result.output
 
 
 def run_page(page: Path, folder: Path) -> list[str]:
-    """Run a page's blocks in `folder`; returns what each run printed."""
+    """Run a page's blocks in `folder` (the working folder); returns what each run printed."""
     env = {k: v for k, v in os.environ.items() if k != "VAE_TUNE_WORKERS"}
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
@@ -115,14 +101,14 @@ def run_page(page: Path, folder: Path) -> list[str]:
         if lang == "python":
             script = folder / f"block_{i}.py"
             script.write_text(code)
-            commands: list[Any] = [[sys.executable, script.name]]
+            commands: list[list[str] | str] = [[sys.executable, script.name]]
         elif lang == "bash":
             commands = [line for line in code.splitlines() if line.strip()]
         else:
             continue
         for cmd in commands:
             if isinstance(cmd, str) and cmd.startswith("vae-tune ") and not SHELL.search(cmd):
-                printed.append(run_cli_line(cmd, folder, env))
+                printed.append(run_cli_line(cmd, env))
                 continue
             if isinstance(cmd, str):
                 cmd = ["bash", "-c", cmd]
@@ -134,7 +120,8 @@ def run_page(page: Path, folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", EXECUTED)
-def test_the_pages_examples_run_as_written(name: str, tmp_path: Path):
+def test_the_pages_examples_run_as_written(name: str, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as a reader's shell: the page's commands run in its folder
     if name in STAND_INS:
         STAND_INS[name](tmp_path)
     printed = run_page(DOCS / name, tmp_path)
